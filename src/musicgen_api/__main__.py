@@ -1,0 +1,5 @@
+"""`python -m musicgen_api` runs the console command."""
+
+from musicgen_api.cli import main
+
+main()

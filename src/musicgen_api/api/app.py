@@ -1,0 +1,57 @@
+"""Builds the FastAPI application: the spec's two routes over a GenerationService."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from musicgen_api import __version__
+from musicgen_api.api.errors import install_error_handlers
+from musicgen_api.api.schema import MusicRequest, parse_music_request
+from musicgen_api.api.sse import job_stream
+from musicgen_api.config import Settings
+from musicgen_api.service import GenerationService
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # keep proxies from buffering the stream
+
+MUSIC_OPENAPI: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": MusicRequest.model_json_schema()}},
+    },
+    "responses": {
+        "200": {
+            "description": "An SSE stream of `data: <json>` events: started, generating (progress), then completed "
+            "(base64 WAV in audio_data) or {\"error\": ...}.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        "400": {"description": "Invalid parameters: {\"error\": message naming the field}."},
+        "503": {"description": "Busy: another generation is running (Retry-After header)."},
+    },
+}
+
+
+def create_app(service: GenerationService, settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        service.shutdown()
+
+    app = FastAPI(title="musicgen-api", version=__version__, lifespan=lifespan)
+    install_error_handlers(app, settings.retry_after_s)
+
+    @app.get("/api/healthcheck")
+    async def healthcheck() -> JSONResponse:
+        if service.busy:
+            return JSONResponse({"status": "busy"}, status_code=503)
+        return JSONResponse({"status": "healthy"})
+
+    @app.post("/api/music", openapi_extra=MUSIC_OPENAPI)
+    async def music(request: Request) -> StreamingResponse:
+        params = parse_music_request(await request.body(), settings.max_duration, settings.max_description_chars)
+        job = service.start(params)
+        return StreamingResponse(job_stream(job), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    return app

@@ -1,0 +1,31 @@
+"""Errors → HTTP answers, in one place. Every error body is `{"error": "<message>"}`; nothing leaks a stack trace."""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from musicgen_api.errors import Busy, InvalidRequest
+
+log = logging.getLogger(__name__)
+
+
+def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
+    @app.exception_handler(InvalidRequest)
+    async def invalid(_: Request, exc: InvalidRequest) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.exception_handler(Busy)
+    async def busy(_: Request, exc: Busy) -> JSONResponse:
+        message = f"{exc}; try again in a few seconds (GET /api/healthcheck says when the server is free)"
+        return JSONResponse({"error": message}, status_code=503, headers={"Retry-After": str(retry_after_s)})
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"error": "internal server error; the server log has the details"}, status_code=500)

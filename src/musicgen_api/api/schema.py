@@ -1,0 +1,92 @@
+"""The `POST /api/music` request: its schema (also the OpenAPI document's) and strict validation.
+
+Validation follows the spec's [clarified] rules: JSON types are taken literally (no `true` for a number, no `"30"`
+or `30.5` for an integer), non-finite numbers and unknown fields are refused, and every refusal is one message that
+names the field and says what to send.
+"""
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from musicgen_api.engine.params import GenerationParams
+from musicgen_api.errors import InvalidRequest
+
+
+class MusicRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    description: str = Field(description="The text prompt: what the music should sound like.")
+    duration: int = Field(30, gt=0, description="Length of the clip in whole seconds.")
+    mbd: bool = Field(False, description="Decode with MultiBand Diffusion instead of the EnCodec decoder.")
+    top_k: int = Field(250, gt=0, description="Sample from the k most likely tokens (ignored when top_p > 0).")
+    top_p: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="Nucleus sampling; 0 disables.")
+    temperature: float = Field(1.0, gt=0.0, allow_inf_nan=False, description="Softmax temperature.")
+    cfg_coef: float = Field(3.0, allow_inf_nan=False, description="Classifier-free guidance coefficient.")
+
+
+FIELD_RULES = {
+    "description": "a non-empty string",
+    "duration": "a positive whole number of seconds (a JSON integer)",
+    "mbd": "true or false",
+    "top_k": "a positive integer",
+    "top_p": "a number from 0 to 1",
+    "temperature": "a finite number greater than 0",
+    "cfg_coef": "a finite number",
+}
+
+
+def _reject_constant(name: str) -> float:
+    raise InvalidRequest(f"request body: {name} is not a valid JSON number; send finite numbers only")
+
+
+def _describe(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _message(error: Any) -> str:
+    kind, loc = error["type"], error["loc"]
+    field = str(loc[0]) if loc else ""
+    if kind == "extra_forbidden":
+        allowed = ", ".join(MusicRequest.model_fields)
+        return f"unknown field '{field}'; the accepted fields are: {allowed}"
+    if kind == "missing":
+        return f"{field} is required: send {FIELD_RULES[field]}"
+    if not loc:
+        return "the request body must be a JSON object"
+    return f"{field} must be {FIELD_RULES[field]}; got {_describe(error['input'])}"
+
+
+def parse_music_request(body: bytes, max_duration: int, max_description_chars: int) -> GenerationParams:
+    """Raw request body → validated generation parameters, or InvalidRequest naming the problem."""
+    try:
+        data = json.loads(body, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidRequest(f"the request body is not valid JSON ({exc}); send a JSON object") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    try:
+        request = MusicRequest.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidRequest(_message(exc.errors()[0])) from exc
+    description = request.description.strip()
+    if not description:
+        raise InvalidRequest(f"description must be {FIELD_RULES['description']}; got {_describe(request.description)}")
+    if len(description) > max_description_chars:
+        raise InvalidRequest(
+            f"description is too long: {len(description)} characters, this server accepts at most "
+            f"{max_description_chars}"
+        )
+    if request.duration > max_duration:
+        raise InvalidRequest(f"duration must be at most {max_duration} seconds on this server; got {request.duration}")
+    return GenerationParams(
+        description=description,
+        duration=request.duration,
+        top_k=request.top_k,
+        top_p=request.top_p,
+        temperature=request.temperature,
+        cfg_coef=request.cfg_coef,
+        mbd=request.mbd,
+    )

@@ -1,0 +1,1 @@
+"""Codes to waveform (EnCodec) and waveform to WAV bytes."""

@@ -1,0 +1,18 @@
+"""Codes → waveform with the checkpoint's own EnCodec decoder (MusicGen's default path, `mbd: false`)."""
+
+import torch
+from torch import Tensor
+from transformers import EncodecModel
+
+
+class EncodecDecoder:
+    def __init__(self, codec: EncodecModel, audio_channels: int) -> None:
+        self.codec = codec
+        self.channels = audio_channels  # stereo checkpoints interleave left/right codebooks
+
+    @torch.no_grad()
+    def decode(self, codes: Tensor) -> Tensor:
+        """Codes [K, frames] → float waveform [channels, frames * hop]."""
+        per_channel = [codes[c :: self.channels] for c in range(self.channels)]  # each [K / channels, frames]
+        waves = [self.codec.decode(c[None, None], [None]).audio_values[0, 0] for c in per_channel]
+        return torch.stack(waves).float()

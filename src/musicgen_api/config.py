@@ -1,0 +1,30 @@
+"""Server settings: one typed object, filled from command-line flags and `MUSICGEN_*` environment variables.
+
+Every knob an operator can turn lives here, so the rest of the code takes a `Settings` and never reads the
+environment itself.
+"""
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Device = Literal["auto", "cuda", "cpu"]
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+Backend = Literal["fast", "transformers"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MUSICGEN_", extra="ignore")
+
+    host: str = "127.0.0.1"  # interface to listen on; 0.0.0.0 to serve other machines
+    port: int = Field(5000, ge=1, le=65535)  # the spec's clients talk to port 5000
+    model: str = "facebook/musicgen-small"  # hub id or local folder, loaded with from_pretrained
+    device: Device = "auto"  # auto: CUDA when available, else CPU
+    dtype: DType = "auto"  # auto: float16 on CUDA, float32 on CPU
+    backend: Backend = "fast"  # fast: our decode loop; transformers: its generate(), kept as the reference
+    max_duration: int = Field(30, ge=1)  # longest clip a request may ask for, in seconds
+    max_description_chars: int = Field(2000, ge=1)  # longest prompt accepted, in characters
+    max_text_tokens: int = Field(512, ge=1)  # text-conditioning capacity (T5 was trained on 512 tokens)
+    retry_after_s: int = Field(5, ge=1)  # the Retry-After hint sent with 503 busy answers
+    log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -1,0 +1,145 @@
+"""The fast decode loop: text → audio codes, one static-shape step at a time, CUDA-graph replayed on GPU.
+
+Everything a step touches is allocated once, when the engine is built, for the longest request the server accepts:
+the KV cache, the cross-attention keys/values, the delayed token sequence and the sampling parameters. A step reads
+its position from a device tensor and advances it itself, so on CUDA the whole step (decoder, CFG mix, sampling,
+delay pattern) is one graph replay and the host never waits on the GPU except to report progress.
+"""
+
+import logging
+import time
+from collections import deque
+
+import torch
+from torch import Tensor
+
+from musicgen_api.engine.conditioning import TextConditioner
+from musicgen_api.engine.decoder import MusicgenDecoder
+from musicgen_api.engine.delay import sequence_length, undelay, valid_positions
+from musicgen_api.engine.loading import MusicgenBundle
+from musicgen_api.engine.params import FRAME_RATE, GenerationParams, StepHook
+from musicgen_api.engine.sampling import sample_next
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY = 8  # on CUDA, steps between host syncs: progress and cancellation lag by at most two such chunks
+
+
+class FastEngine:
+    def __init__(self, bundle: MusicgenBundle, conditioner: TextConditioner, max_duration: int) -> None:
+        config = bundle.model.config.decoder
+        self.bundle, self.conditioner = bundle, conditioner
+        self.channels = bundle.audio_channels
+        self.num_codebooks = bundle.num_codebooks
+        self.max_frames = max_duration * FRAME_RATE
+        self.length = sequence_length(self.max_frames, self.num_codebooks, self.channels)
+        if self.length > config.max_position_embeddings:
+            longest = (config.max_position_embeddings - self.num_codebooks // self.channels) // FRAME_RATE
+            raise ValueError(
+                f"--max-duration {max_duration} needs {self.length} decoder positions but this model has "
+                f"{config.max_position_embeddings}; use --max-duration {longest} or less"
+            )
+        self.decoder = MusicgenDecoder.from_transformers(bundle.model.decoder, config)
+        self.decoder.setup_cache(batch=2, length=self.length)  # row 0 conditional, row 1 unconditional (CFG)
+        device, dtype, dim = bundle.device, bundle.dtype, config.hidden_size
+        n_head, head_dim, text_len = config.num_attention_heads, dim // config.num_attention_heads, conditioner.max_tokens
+        self.cross = [
+            (torch.zeros(2, n_head, text_len, head_dim, device=device, dtype=dtype),
+             torch.zeros(2, n_head, text_len, head_dim, device=device, dtype=dtype))
+            for _ in range(config.num_hidden_layers)
+        ]  # fmt: skip
+        self.cross_mask = torch.zeros(2, 1, 1, text_len, dtype=torch.bool, device=device)
+        self.sequence = torch.full((1, self.num_codebooks, self.length), bundle.start_token_id, device=device)
+        self.valid = torch.zeros(self.num_codebooks, self.length, dtype=torch.bool, device=device)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.cfg_coef = torch.tensor(3.0, device=device)
+        self.temperature = torch.tensor(1.0, device=device)
+        self.top_k = torch.tensor(250, device=device)
+        self.top_p = torch.tensor(0.0, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.capture_seconds = 0.0
+        if device.type == "cuda":
+            self.capture_seconds = self._capture()
+            log.info("captured the decode step in a CUDA graph in %.2f s", self.capture_seconds)
+
+    @torch.no_grad()
+    def _step(self) -> None:
+        """Decode position pos, write the sampled tokens at pos + 1 (pad where the delay pattern says) and advance."""
+        tokens = self.sequence.index_select(2, self.pos).expand(2, -1, -1)  # [2, K, 1]
+        logits = self.decoder(tokens, self.pos, self.cross, self.cross_mask)[:, :, 0]  # [2, K, V]
+        sampled = sample_next(logits[:1], logits[1:], self.cfg_coef, self.temperature, self.top_k, self.top_p)
+        nxt = self.pos + 1
+        keep = self.valid.index_select(1, nxt).T  # [1, K]
+        sampled = torch.where(keep, sampled, self.bundle.start_token_id)
+        self.sequence.index_copy_(2, nxt, sampled[..., None])
+        self.pos.copy_(nxt)
+
+    def _capture(self) -> float:
+        started = time.perf_counter()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self._step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._step()
+        torch.cuda.synchronize()
+        self.graph = graph
+        return time.perf_counter() - started
+
+    @torch.no_grad()
+    def _prepare(self, params: GenerationParams) -> int:
+        """Load one request into the static buffers; returns the number of decode steps."""
+        hidden, mask = self.conditioner.encode(params.description)  # [1, S, C], [1, S]
+        s = hidden.shape[1]
+        text = torch.zeros(2, self.conditioner.max_tokens, hidden.shape[-1], device=hidden.device, dtype=hidden.dtype)
+        text[0, :s] = hidden[0]  # the unconditional stream sees zeros, as in MusicGen's CFG
+        for (k_buf, v_buf), (k, v) in zip(self.cross, self.decoder.cross_keys_values(text), strict=True):
+            k_buf.copy_(k)
+            v_buf.copy_(v)
+        self.cross_mask.zero_()
+        self.cross_mask[:, 0, 0, :s] = mask[0]
+        frames = params.frames
+        self.valid.copy_(valid_positions(frames, self.length, self.num_codebooks, self.channels))
+        self.sequence.fill_(self.bundle.start_token_id)
+        self.pos.zero_()
+        self.cfg_coef.fill_(params.cfg_coef)
+        self.temperature.fill_(params.temperature)
+        self.top_k.fill_(min(params.top_k, self.decoder.args.codebook_size))
+        self.top_p.fill_(params.top_p)
+        return frames + self.num_codebooks // self.channels - 1
+
+    def generate(self, params: GenerationParams, on_step: StepHook) -> Tensor:
+        """Codes [K, frames] for one description; `on_step(done, steps)` may raise to stop early."""
+        if params.frames > self.max_frames:
+            raise ValueError(f"{params.duration} s is longer than this engine was built for")
+        steps = self._prepare(params)
+        if self.graph is None:
+            for t in range(steps):
+                self._step()
+                on_step(t + 1, steps)
+        else:
+            self._replay(steps, on_step)
+        return undelay(self.sequence[0], params.frames, self.channels)
+
+    def _replay(self, steps: int, on_step: StepHook) -> None:
+        """Keep one chunk of steps queued on the GPU while reporting the chunk before it."""
+        assert self.graph is not None
+        in_flight: deque[tuple[torch.cuda.Event, int]] = deque()
+        for t in range(steps):
+            self.graph.replay()
+            done = t + 1
+            if done % PROGRESS_EVERY and done != steps:
+                continue
+            mark = torch.cuda.Event()
+            mark.record()
+            in_flight.append((mark, done))
+            if len(in_flight) > 1:
+                event, reached = in_flight.popleft()
+                event.synchronize()
+                on_step(reached, steps)
+        for event, reached in in_flight:
+            event.synchronize()
+            on_step(reached, steps)

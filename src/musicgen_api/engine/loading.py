@@ -1,0 +1,93 @@
+"""Load a MusicGen checkpoint exactly as a user of `transformers` would: `from_pretrained` on a hub id or a folder.
+
+Failures become one `ModelLoadError` whose message says what to do next, because a server that cannot start should
+say so in a line, not a stack trace.
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoTokenizer, MusicgenForConditionalGeneration, PreTrainedTokenizerBase
+
+from musicgen_api.config import Device, DType
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """The model named by --model could not be loaded."""
+
+
+@dataclass
+class MusicgenBundle:
+    """The loaded checkpoint and the few facts about it the engine and audio code need."""
+
+    model: MusicgenForConditionalGeneration
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def audio_channels(self) -> int:
+        return int(self.model.config.decoder.audio_channels)
+
+    @property
+    def num_codebooks(self) -> int:
+        """Codebooks the decoder predicts per step: 4 for mono, 8 (left/right interleaved) for stereo."""
+        return int(self.model.config.decoder.num_codebooks)
+
+    @property
+    def start_token_id(self) -> int:
+        """The BOS/padding id of the delay pattern (one past the codebook size, 2048 for the real models)."""
+        token = self.model.generation_config.decoder_start_token_id
+        return int(token if token is not None else self.model.config.decoder.pad_token_id)
+
+    @property
+    def sampling_rate(self) -> int:
+        return int(self.model.config.audio_encoder.sampling_rate)
+
+
+def resolve_device(device: Device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu or auto")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: DType, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if device.type == "cpu" and dtype == "float16":
+        raise ModelLoadError("--dtype float16 is not supported on CPU; use float32 (the default there) or bfloat16")
+    return getattr(torch, dtype)
+
+
+def load_musicgen(source: str, device: Device = "auto", dtype: DType = "auto") -> MusicgenBundle:
+    """Load model and tokenizer from a hub id or local folder onto the chosen device, in eval mode."""
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    started = time.perf_counter()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = MusicgenForConditionalGeneration.from_pretrained(source, dtype=torch_dtype)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"could not load the MusicGen model '{source}' ({reason}). Pass --model PATH to a local folder holding a "
+            "saved MusicGen checkpoint, or download the hub model into the Hugging Face cache (set HF_HOME to it) "
+            "on a machine with network access."
+        ) from exc
+    model.to(torch_device).eval()
+    log.info(
+        "loaded %s on %s (%s) in %.1f s: %d codebooks, %d channel(s)",
+        source,
+        torch_device,
+        str(torch_dtype).removeprefix("torch."),
+        time.perf_counter() - started,
+        model.config.decoder.num_codebooks,
+        model.config.decoder.audio_channels,
+    )
+    return MusicgenBundle(model=model, tokenizer=tokenizer, device=torch_device, dtype=torch_dtype)

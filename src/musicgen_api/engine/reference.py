@@ -1,0 +1,56 @@
+"""The reference backend: transformers' own `MusicgenForConditionalGeneration.generate`.
+
+Kept so that equivalence tests and the benchmark can compare the fast engine against the library everyone trusts,
+and as a fallback (`--backend transformers`). Progress and cancellation ride on a stopping-criterion hook, which also
+keeps the sampled tokens so this backend returns codes like the fast one.
+"""
+
+import torch
+from torch import Tensor
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from musicgen_api.engine.conditioning import TextConditioner
+from musicgen_api.engine.delay import undelay
+from musicgen_api.engine.loading import MusicgenBundle
+from musicgen_api.engine.params import GenerationParams, StepHook
+
+
+class _StepWatcher(StoppingCriteria):
+    """Sees the whole token sequence after every step: reports progress and keeps the last sequence.
+
+    (MusicGen's `generate` in transformers 5.x does not forward its `streamer` argument, so a stopping criterion,
+    which is called after every step, is the hook.)"""
+
+    def __init__(self, steps: int, on_step: StepHook) -> None:
+        self.steps, self.on_step = steps, on_step
+        self.sequence: Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
+        self.sequence = input_ids
+        self.on_step(input_ids.shape[-1] - 1, self.steps)
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+
+class TransformersEngine:
+    def __init__(self, bundle: MusicgenBundle, conditioner: TextConditioner) -> None:
+        self.bundle, self.conditioner = bundle, conditioner
+
+    @torch.no_grad()
+    def generate(self, params: GenerationParams, on_step: StepHook) -> Tensor:
+        """Codes [K, frames], sampled by transformers with the same parameters mapped to its names."""
+        channels = self.bundle.audio_channels
+        steps = params.frames + self.bundle.num_codebooks // channels - 1
+        watcher = _StepWatcher(steps, on_step)
+        nucleus = params.top_p > 0
+        self.bundle.model.generate(
+            **self.conditioner.tokenize(params.description),
+            do_sample=True,
+            guidance_scale=params.cfg_coef,
+            temperature=params.temperature,
+            top_k=0 if nucleus else params.top_k,  # audiocraft's rule: top_p > 0 ignores top_k
+            top_p=params.top_p if nucleus else 1.0,
+            max_new_tokens=steps,
+            stopping_criteria=StoppingCriteriaList([watcher]),
+        )
+        assert watcher.sequence is not None
+        return undelay(watcher.sequence, params.frames, channels)  # [K, steps + 1] before the pattern's padding

@@ -1,0 +1,141 @@
+"""The single generation slot: busy or idle, one worker thread, progress events, cancellation, release.
+
+The only place that knows there is one slot. The HTTP side calls `start()` and iterates the job's events; the model
+runs on the worker thread and checks the job's cancel flag at every step. The slot is freed when the worker has
+actually stopped (finished, failed or cancelled), never earlier, so two generations can never overlap.
+"""
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+from musicgen_api.engine.params import GenerationCancelled, GenerationParams, StepHook
+from musicgen_api.errors import Busy, GenerationFailed
+
+log = logging.getLogger(__name__)
+
+
+class Renderer(Protocol):
+    def check(self, params: GenerationParams) -> None: ...
+    def render(self, params: GenerationParams, on_progress: StepHook) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Progress:
+    percent: int
+
+
+@dataclass(frozen=True)
+class Completed:
+    wav: bytes
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str
+
+
+Event = Progress | Completed | Failed
+
+
+class Job:
+    """One generation as the HTTP side sees it: a stream of events and a way to stop it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self._loop = loop
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._cancelled = threading.Event()
+        self._percent = -1
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def emit(self, event: Event) -> None:
+        """Thread-safe: called from the worker."""
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+        except RuntimeError:  # the event loop has closed (server shutting down): nobody is listening
+            pass
+
+    def report(self, done: int, total: int) -> None:
+        """The step hook: stop here if cancelled, else emit progress when the whole percent moves up."""
+        if self._cancelled.is_set():
+            raise GenerationCancelled
+        percent = min(100, done * 100 // max(total, 1))
+        if percent > self._percent:
+            self._percent = percent
+            self.emit(Progress(percent))
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Progress events, then exactly one Completed or Failed."""
+        while True:
+            event = await self._queue.get()
+            yield event
+            if not isinstance(event, Progress):
+                return
+
+
+class GenerationService:
+    def __init__(self, renderer: Renderer) -> None:
+        self._renderer = renderer
+        self._slot = threading.Lock()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generation")
+        self._current: Job | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._slot.locked()
+
+    def start(self, params: GenerationParams) -> Job:
+        """Take the slot and start generating, or raise Busy / InvalidRequest without starting anything."""
+        if not self._slot.acquire(blocking=False):
+            raise Busy("a generation is already running")
+        try:
+            self._renderer.check(params)
+            job = Job(asyncio.get_running_loop())
+            self._current = job
+            self._worker.submit(self._run, job, params)
+        except BaseException:
+            self._current = None
+            self._slot.release()
+            raise
+        return job
+
+    def _run(self, job: Job, params: GenerationParams) -> None:
+        started = time.perf_counter()
+        log.info("job %s: %d s, %r", job.id, params.duration, params.description[:80])
+        try:
+            job.report(0, 1)
+            wav = self._renderer.render(params, job.report)
+            log.info("job %s: completed in %.2f s", job.id, time.perf_counter() - started)
+            job.emit(Completed(wav))
+        except GenerationCancelled:
+            log.info("job %s: cancelled after %.2f s", job.id, time.perf_counter() - started)
+            job.emit(Failed("generation cancelled"))
+        except GenerationFailed as exc:
+            log.warning("job %s: failed: %s", job.id, exc)
+            job.emit(Failed(f"generation failed: {exc}"))
+        except Exception:
+            log.exception("job %s: failed", job.id)
+            job.emit(Failed("generation failed with an internal error; the server log has the details"))
+        finally:
+            self._current = None
+            self._slot.release()
+
+    def shutdown(self) -> None:
+        """Stop the running generation, if any, and wait for the worker thread to end."""
+        job = self._current
+        if job is not None:
+            job.cancel()
+        self._worker.shutdown(wait=True)

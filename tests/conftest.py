@@ -1,0 +1,113 @@
+"""Fixtures: tiny random-weight MusicGen checkpoints on disk, and real server processes that load them.
+
+Servers are started the way a user starts one (`musicgen-api serve --model PATH`), on a free port, and spoken to
+over real HTTP. Each is started once per test session and shared by the tests that need it.
+"""
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+import requests
+
+from tests.tiny_model import build_tiny_musicgen
+
+OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="session")
+def mono_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    return build_tiny_musicgen(tmp_path_factory.mktemp("musicgen-mono"), stereo=False)
+
+
+@pytest.fixture(scope="session")
+def stereo_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    return build_tiny_musicgen(tmp_path_factory.mktemp("musicgen-stereo"), stereo=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: pathlib.Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def serve_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "musicgen_api", "serve", "--device", "cpu", *args]
+
+
+def start_server(model: pathlib.Path, log_dir: pathlib.Path, *extra: str) -> Server:
+    port = free_port()
+    log_path = log_dir / f"server-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            serve_command("--model", str(model), "--port", str(port), *extra),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=OFFLINE_ENV,
+        )
+    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        try:
+            requests.get(f"{server.url}/api/healthcheck", timeout=1)
+            return server
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"server did not start in time:\n{server.log()}")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+ServerFactory = Callable[..., Server]
+
+
+@pytest.fixture(scope="session")
+def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerFactory]:
+    """Start servers on demand, each stopped at the end of the session."""
+    started: list[Server] = []
+    log_dir = tmp_path_factory.mktemp("server-logs")
+
+    def factory(model: pathlib.Path, *extra: str) -> Server:
+        server = start_server(model, log_dir, *extra)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def mono_server(server_factory: ServerFactory, mono_model: pathlib.Path) -> Server:
+    return server_factory(mono_model)
+
+
+@pytest.fixture(scope="session")
+def stereo_server(server_factory: ServerFactory, stereo_model: pathlib.Path) -> Server:
+    return server_factory(stereo_model)

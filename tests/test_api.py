@@ -1,0 +1,260 @@
+"""The HTTP API against a real server process running the tiny model: the spec's clients, events, WAV, busy,
+disconnects and every validation rule."""
+
+import base64
+import contextlib
+import io
+import json
+import subprocess
+import threading
+import time
+import wave
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import Server, ServerFactory
+
+SPEC_DESCRIPTION = "电子音乐，带有强烈的鼓点"
+
+
+def stream_events(url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """POST and read the whole SSE stream, checking the framing line by line."""
+    with requests.post(f"{url}/api/music", json=body, stream=True, timeout=120) as r:
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [line.decode() for line in r.iter_lines()]
+    events = []
+    for line in lines:
+        if line:
+            assert line.startswith("data: "), f"non-data line in the stream: {line!r}"
+            events.append(json.loads(line[len("data: ") :]))
+    return events
+
+
+def decode_wav(audio_b64: str) -> wave.Wave_read:
+    return wave.open(io.BytesIO(base64.b64decode(audio_b64)), "rb")
+
+
+def wait_healthy(url: str, within: float = 10.0) -> float:
+    """Seconds until the healthcheck says healthy; fails past `within`."""
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        r = requests.get(f"{url}/api/healthcheck", timeout=5)
+        if r.status_code == 200:
+            assert r.json() == {"status": "healthy"}
+            return time.monotonic() - started
+        time.sleep(0.02)
+    raise AssertionError(f"server still busy after {within} s")
+
+
+def test_healthcheck_idle(mono_server: Server) -> None:
+    r = requests.get(f"{mono_server.url}/api/healthcheck", timeout=5)
+    assert r.status_code == 200
+    assert r.json() == {"status": "healthy"}
+
+
+def test_spec_python_client_verbatim(mono_server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    """The spec's Python client, unchanged but for the address, at the spec's 30 s."""
+    client = '''
+import requests, json
+print(requests.get('http://localhost:5000/api/healthcheck').json())
+params = {"description": "电子音乐，带有强烈的鼓点", "duration": 30, "mbd": False,
+          "top_k": 250, "top_p": 0.0, "temperature": 1.0, "cfg_coef": 3.0}
+r = requests.post('http://localhost:5000/api/music', json=params,
+                  headers={'Accept': 'text/event-stream'}, stream=True)
+for line in r.iter_lines():
+    if line:
+        event = json.loads(line.decode('utf-8').split('data: ')[1])
+        if event.get('status') == 'completed':
+            audio_b64 = event['audio_data']      # base64 WAV
+        elif event.get('status') == 'generating':
+            print(f"progress: {event['progress']}%")
+'''.replace("http://localhost:5000", mono_server.url)
+    scope: dict[str, Any] = {}
+    exec(compile(client, "spec_client", "exec"), scope)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "{'status': 'healthy'}"
+    progress = [int(line.removeprefix("progress: ").removesuffix("%")) for line in out[1:]]
+    assert progress and progress[-1] == 100
+    assert progress == sorted(progress)
+    with decode_wav(scope["audio_b64"]) as w:
+        assert (w.getframerate(), w.getsampwidth(), w.getnchannels()) == (32000, 2, 1)
+        assert w.getnframes() == 30 * 32000
+
+
+def test_spec_curl_example(mono_server: Server) -> None:
+    health = subprocess.run(["curl", "-s", f"{mono_server.url}/api/healthcheck"], capture_output=True, check=True)
+    assert json.loads(health.stdout) == {"status": "healthy"}
+    body = json.dumps({"description": SPEC_DESCRIPTION, "duration": 30}, ensure_ascii=False)
+    result = subprocess.run(
+        ["curl", "-s", "-N", "-X", "POST", f"{mono_server.url}/api/music", "-H", "Content-Type: application/json",
+         "-H", "Accept: text/event-stream", "-d", body],
+        capture_output=True, check=True, timeout=120,
+    )  # fmt: skip
+    events = [json.loads(line[6:]) for line in result.stdout.decode().splitlines() if line]
+    assert events[0] == {"status": "started"}
+    assert events[-1]["status"] == "completed"
+    with decode_wav(events[-1]["audio_data"]) as w:
+        assert w.getnframes() == 30 * 32000
+
+
+@pytest.mark.parametrize("duration", [1, 3])
+def test_event_sequence_and_wav(mono_server: Server, duration: int) -> None:
+    events = stream_events(mono_server.url, {"description": "calm piano", "duration": duration})
+    assert events[0] == {"status": "started"}
+    progress = [e["progress"] for e in events[1:-1]]
+    assert all(e["status"] == "generating" and isinstance(e["progress"], int) for e in events[1:-1])
+    assert progress == sorted(progress) and progress[0] >= 0 and progress[-1] == 100
+    assert set(events[-1]) == {"status", "audio_data"} and events[-1]["status"] == "completed"
+    with decode_wav(events[-1]["audio_data"]) as w:
+        assert (w.getframerate(), w.getsampwidth(), w.getnchannels()) == (32000, 2, 1)
+        assert w.getnframes() == duration * 32000
+
+
+def test_stereo_model_gives_two_channels(stereo_server: Server) -> None:
+    events = stream_events(stereo_server.url, {"description": "wide stereo pads", "duration": 2})
+    with decode_wav(events[-1]["audio_data"]) as w:
+        assert (w.getframerate(), w.getsampwidth(), w.getnchannels()) == (32000, 2, 2)
+        assert w.getnframes() == 2 * 32000
+
+
+def test_transformers_backend_serves_too(server_factory: ServerFactory, mono_model: Any) -> None:
+    server = server_factory(mono_model, "--backend", "transformers", "--max-duration", "5")
+    events = stream_events(server.url, {"description": "reference path", "duration": 2})
+    assert events[-1]["status"] == "completed"
+    with decode_wav(events[-1]["audio_data"]) as w:
+        assert w.getnframes() == 2 * 32000
+
+
+INVALID_BODIES: list[tuple[Any, str]] = [
+    ({}, "description"),
+    ({"description": ""}, "description"),
+    ({"description": "   \n\t"}, "description"),
+    ({"description": None}, "description"),
+    ({"description": 12}, "description"),
+    ({"description": "x", "duration": 0}, "duration"),
+    ({"description": "x", "duration": -3}, "duration"),
+    ({"description": "x", "duration": "30"}, "duration"),
+    ({"description": "x", "duration": 30.5}, "duration"),
+    ({"description": "x", "duration": 2.0}, "duration"),
+    ({"description": "x", "duration": True}, "duration"),
+    ({"description": "x", "duration": 31}, "duration"),
+    ({"description": "x", "duration": 10**30}, "duration"),
+    ({"description": "x", "mbd": 1}, "mbd"),
+    ({"description": "x", "mbd": "false"}, "mbd"),
+    ({"description": "x", "top_k": 0}, "top_k"),
+    ({"description": "x", "top_k": 2.5}, "top_k"),
+    ({"description": "x", "top_k": True}, "top_k"),
+    ({"description": "x", "top_p": -0.1}, "top_p"),
+    ({"description": "x", "top_p": 1.5}, "top_p"),
+    ({"description": "x", "top_p": False}, "top_p"),
+    ({"description": "x", "top_p": "0.5"}, "top_p"),
+    ({"description": "x", "temperature": 0}, "temperature"),
+    ({"description": "x", "temperature": -1.0}, "temperature"),
+    ({"description": "x", "temperature": True}, "temperature"),
+    ({"description": "x", "cfg_coef": True}, "cfg_coef"),
+    ({"description": "x", "cfg_coef": None}, "cfg_coef"),
+    ({"description": "x", "temprature": 1.0}, "temprature"),
+    ({"description": "x", "seed": 3}, "seed"),
+    ([{"description": "x"}], "JSON object"),
+    ("just a string", "JSON object"),
+    ({"description": "x" * 2001}, "2000"),
+]
+
+
+@pytest.mark.parametrize(("body", "named"), INVALID_BODIES)
+def test_invalid_requests_are_400_naming_the_field(mono_server: Server, body: Any, named: str) -> None:
+    r = requests.post(f"{mono_server.url}/api/music", json=body, timeout=10)
+    assert r.status_code == 400, r.text
+    assert named in r.json()["error"]
+    assert list(r.json()) == ["error"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "named"),
+    [
+        (b'{"description": "x", "temperature": NaN}', "NaN"),
+        (b'{"description": "x", "cfg_coef": Infinity}', "Infinity"),
+        (b'{"description": "x", "top_p": -Infinity}', "Infinity"),
+        (b'{"description": "x", "duration": 5', "JSON"),
+        (b"not json at all", "JSON"),
+        (b"", "JSON"),
+        (b'{"description": "\xff\xfe"}', "JSON"),
+    ],
+)
+def test_malformed_bodies_are_400(mono_server: Server, raw: bytes, named: str) -> None:
+    r = requests.post(
+        f"{mono_server.url}/api/music", data=raw, headers={"Content-Type": "application/json"}, timeout=10
+    )
+    assert r.status_code == 400, r.text
+    assert named in r.json()["error"]
+
+
+def test_mbd_is_refused_clearly_until_available(mono_server: Server) -> None:
+    r = requests.post(f"{mono_server.url}/api/music", json={"description": "x", "duration": 1, "mbd": True}, timeout=10)
+    assert r.status_code == 400
+    assert "mbd" in r.json()["error"] and "not available" in r.json()["error"]
+    wait_healthy(mono_server.url, within=2)
+
+
+def test_unknown_route_is_json_404(mono_server: Server) -> None:
+    r = requests.get(f"{mono_server.url}/api/nothing", timeout=5)
+    assert r.status_code == 404
+    assert "error" in r.json()
+
+
+def test_one_generation_at_a_time(mono_server: Server) -> None:
+    """Of several concurrent POSTs exactly one streams; the rest get 503 with Retry-After; health follows."""
+    results: list[tuple[int, dict[str, str], list[dict[str, Any]]]] = []
+    lock = threading.Lock()
+    go = threading.Barrier(5)
+
+    def post() -> None:
+        go.wait()
+        with requests.post(
+            f"{mono_server.url}/api/music", json={"description": "busy test", "duration": 8}, stream=True, timeout=120
+        ) as r:
+            events = [json.loads(line[6:]) for line in r.iter_lines() if line] if r.status_code == 200 else []
+            with lock:
+                results.append((r.status_code, dict(r.headers), events if events else [r.json()]))
+
+    threads = [threading.Thread(target=post) for _ in range(5)]
+    for t in threads:
+        t.start()
+    busy_seen = False
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not busy_seen:
+        r = requests.get(f"{mono_server.url}/api/healthcheck", timeout=5)
+        busy_seen = r.status_code == 503 and r.json() == {"status": "busy"}
+    for t in threads:
+        t.join(timeout=120)
+    statuses = sorted(code for code, _, _ in results)
+    assert statuses == [200, 503, 503, 503, 503]
+    assert busy_seen
+    for code, headers, body in results:
+        if code == 503:
+            assert int(headers["Retry-After"]) > 0
+            assert "error" in body[0]
+        else:
+            assert body[-1]["status"] == "completed"
+    wait_healthy(mono_server.url, within=5)
+
+
+def test_disconnect_stops_generation_and_frees_the_slot(mono_server: Server) -> None:
+    body = {"description": "long piece to abandon", "duration": 30}
+    with contextlib.closing(requests.post(f"{mono_server.url}/api/music", json=body, stream=True, timeout=60)) as r:
+        assert r.status_code == 200
+        seen = 0
+        for line in r.iter_lines():
+            if line and b'"generating"' in line:
+                seen += 1
+                if seen == 3:
+                    break
+    assert requests.get(f"{mono_server.url}/api/healthcheck", timeout=5).status_code in (200, 503)
+    freed_after = wait_healthy(mono_server.url, within=3)
+    assert "cancelled" in mono_server.log()
+    events = stream_events(mono_server.url, {"description": "next one", "duration": 1})
+    assert events[-1]["status"] == "completed"
+    assert freed_after < 3
