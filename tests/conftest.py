@@ -16,19 +16,19 @@ from dataclasses import dataclass
 import pytest
 import requests
 
-from tests.tiny_model import build_tiny_musicgen
+from musicgen_api.bench.random_model import save_random_musicgen
 
 OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="session")
 def mono_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    return build_tiny_musicgen(tmp_path_factory.mktemp("musicgen-mono"), stereo=False)
+    return save_random_musicgen(tmp_path_factory.mktemp("musicgen-mono"), "tiny", stereo=False)
 
 
 @pytest.fixture(scope="session")
 def stereo_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    return build_tiny_musicgen(tmp_path_factory.mktemp("musicgen-stereo"), stereo=True)
+    return save_random_musicgen(tmp_path_factory.mktemp("musicgen-stereo"), "tiny", stereo=True)
 
 
 def free_port() -> int:

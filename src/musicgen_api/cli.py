@@ -29,6 +29,11 @@ def _serve_parser(sub: Any) -> None:
     serve.add_argument(
         "--backend", choices=get_args(Backend), help="decode loop: fast (default) or transformers' generate (reference)"
     )
+    serve.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="CUDA: fuse the decode step with torch.compile before capturing it (default on; --no-compile starts faster)",
+    )
     serve.add_argument("--max-duration", type=int, help="longest clip a request may ask for, seconds (default 30)")
     serve.add_argument("--max-description-chars", type=int, help="longest prompt accepted, characters (default 2000)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")

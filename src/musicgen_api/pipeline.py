@@ -73,6 +73,6 @@ def build_pipeline(settings: Settings) -> MusicPipeline:
     if settings.backend == "transformers":
         engine = TransformersEngine(bundle, conditioner)
     else:
-        engine = FastEngine(bundle, conditioner, settings.max_duration)
+        engine = FastEngine(bundle, conditioner, settings.max_duration, compile_step=settings.compile)
         del bundle.model.decoder  # the fast engine now owns these weights; keep one copy in memory
     return MusicPipeline(bundle, engine, conditioner)

@@ -7,6 +7,7 @@ say so in a line, not a stack trace.
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, MusicgenForConditionalGeneration, PreTrainedTokenizerBase
@@ -67,6 +68,11 @@ def resolve_dtype(dtype: DType, device: torch.device) -> torch.dtype:
 
 def load_musicgen(source: str, device: Device = "auto", dtype: DType = "auto") -> MusicgenBundle:
     """Load model and tokenizer from a hub id or local folder onto the chosen device, in eval mode."""
+    if source.startswith(("/", "./", "../", "~")) and not Path(source).expanduser().is_dir():
+        raise ModelLoadError(
+            f"the model folder '{source}' does not exist; pass --model with a folder holding a saved MusicGen "
+            "checkpoint (config.json, weights, tokenizer), or a hub id such as facebook/musicgen-small"
+        )
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
     started = time.perf_counter()

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Every GPU check and benchmark in one run, for the device machine (see README "Benchmarks"). Results go to $OUT
+# (or ./gpu-results) as JSON lines, written as each step finishes so a run cut short keeps what it measured.
+set -u
+out=${OUT:-gpu-results}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD/src:$PWD
+else
+  export PYTHONPATH=$PWD/src:$PWD
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$out/gpu.txt"
+step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" 2>"$out/$name.err" | tee -a "$out/results.jsonl"; echo "exit $?" >>"$out/$name.err"; }
+step equivalence 90 python3 bench/gpu_equivalence.py
+step bench-small 220 python3 -m musicgen_api.bench --models small --duration 30 --runs 3
+step server 170 python3 bench/server_check.py --shape small --duration 30
+step bench-medium-large 420 python3 -m musicgen_api.bench --models medium large --duration 30 --reference-duration 10 --runs 2 --budget-s "${BUDGET_S:-330}"
+tail -n 3 "$out"/*.err

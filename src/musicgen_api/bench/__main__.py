@@ -1,0 +1,176 @@
+"""Benchmark: transformers' `generate` against the fast engine, same process, same inputs, end to end.
+
+    python -m musicgen_api.bench --models small medium large          # on a GPU
+    python -m musicgen_api.bench --models tiny --device cpu --duration 5
+
+Random weights of the real shapes (`bench.random_model`), so no download is needed; decoding cost does not depend on
+the weights' values. Each run prints one JSON line: text in, WAV bytes out, wall time synchronised with the device.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from musicgen_api.audio.wav import to_wav_bytes
+from musicgen_api.bench.random_model import build_random_musicgen, build_tokenizer
+from musicgen_api.engine.conditioning import TextConditioner
+from musicgen_api.engine.delay import sequence_length
+from musicgen_api.engine.fast import FastEngine
+from musicgen_api.engine.loading import MusicgenBundle, resolve_device, resolve_dtype
+from musicgen_api.engine.params import GenerationParams
+from musicgen_api.pipeline import MusicPipeline
+
+PROMPT = "80s pop track with bassy drums and synth"
+GIB = 2**30
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(device: torch.device, fn: Callable[[], Any]) -> tuple[float, Any]:
+    sync(device)
+    started = time.perf_counter()
+    result = fn()
+    sync(device)
+    return time.perf_counter() - started, result
+
+
+def emit(record: dict[str, Any], out: Any) -> None:
+    line = json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
+    print(line, flush=True)  # noqa: T201 (a benchmark prints its figures)
+    if out is not None:
+        out.write(line + "\n")
+        out.flush()
+
+
+def tensor_bytes(tensors: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def reference_run(bundle: MusicgenBundle, duration: int) -> tuple[float, int]:
+    """transformers as its users call it: processor-style inputs → generate (which also decodes) → WAV."""
+    model, tokenizer = bundle.model, bundle.tokenizer
+    steps = sequence_length(duration * 50, bundle.num_codebooks, bundle.audio_channels) - 1
+
+    def run() -> bytes:
+        inputs = tokenizer([PROMPT], return_tensors="pt", padding=True).to(bundle.device)
+        audio = model.generate(**inputs, do_sample=True, guidance_scale=3.0, top_k=250, max_new_tokens=steps)
+        return to_wav_bytes(audio[0], bundle.sampling_rate)
+
+    return timed(bundle.device, run)[0], steps
+
+
+def fast_runs(
+    bundle: MusicgenBundle, conditioner: TextConditioner, duration: int, compile_step: bool, runs: int
+) -> dict[str, Any]:
+    device = bundle.device
+    startup, engine = timed(device, lambda: FastEngine(bundle, conditioner, duration, compile_step=compile_step))
+    pipeline = MusicPipeline(bundle, engine, conditioner)
+    params = GenerationParams(PROMPT, duration)
+    ignore: Callable[[int, int], None] = lambda done, total: None  # noqa: E731
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated() if device.type == "cuda" else 0
+    first, _ = timed(device, lambda: pipeline.render(params, ignore))
+    walls = [timed(device, lambda: pipeline.render(params, ignore))[0] for _ in range(runs)]
+    transient = (torch.cuda.max_memory_allocated() - before) if device.type == "cuda" else 0
+    text_s, _ = timed(device, lambda: conditioner.encode(PROMPT))
+    codes = engine.generate(params, ignore)
+    codec_s, _ = timed(device, lambda: pipeline.codec.decode(codes))
+    model = bundle.model
+    weights = tensor_bytes(engine.decoder.parameters())
+    weights += tensor_bytes(model.text_encoder.parameters()) + tensor_bytes(model.audio_encoder.parameters())
+    kv = tensor_bytes(engine.decoder.buffers()) + tensor_bytes(t for pair in engine.cross for t in pair)
+    return {
+        "startup_s": startup,
+        "first_request_s": first,
+        "wall_s": statistics.median(walls),
+        "wall_min_s": min(walls),
+        "text_encode_s": text_s,
+        "codec_decode_s": codec_s,
+        "weights_gib": weights / GIB,
+        "kv_gib": kv / GIB,
+        "peak_gpu_gib": (weights + kv + transient) / GIB if device.type == "cuda" else None,
+        "peak_over_weights_kv": (weights + kv + transient) / (weights + kv) if device.type == "cuda" else None,
+    }
+
+
+def bench_model(name: str, args: argparse.Namespace, out: Any) -> None:
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    build_s, model = timed(device, lambda: build_random_musicgen(name, device=str(device), dtype=dtype))
+    bundle = MusicgenBundle(model=model, tokenizer=build_tokenizer(), device=device, dtype=dtype)
+    conditioner = TextConditioner(bundle, max_tokens=args.text_tokens)
+    base = {"model": name, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            "dtype": str(dtype).removeprefix("torch.")}  # fmt: skip
+    steps = sequence_length(args.duration * 50, bundle.num_codebooks, bundle.audio_channels) - 1
+
+    reference_ms_per_step = None
+    reference_wall = None
+    if args.reference_duration > 0:
+        reference_run(bundle, 1)  # warm-up: CUDA context, kernels, allocator
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        wall, ref_steps = reference_run(bundle, args.reference_duration)
+        reference_ms_per_step = 1000 * wall / ref_steps
+        reference_wall = wall if args.reference_duration == args.duration else None
+        emit({**base, "backend": "transformers", "audio_seconds": args.reference_duration, "steps": ref_steps,
+              "wall_s": wall, "ms_per_step": reference_ms_per_step, "x_realtime": args.reference_duration / wall,
+              "peak_gpu_gib": torch.cuda.max_memory_allocated() / GIB if device.type == "cuda" else None,
+              "model_build_s": build_s}, out)  # fmt: skip
+
+    variants = (args.variants or ["graph", "compiled"]) if device.type == "cuda" else ["eager"]
+    for variant in variants:
+        if time.perf_counter() - START > args.budget_s:
+            emit({**base, "backend": f"fast-{variant}", "skipped": "time budget spent"}, out)
+            continue
+        try:
+            figures = fast_runs(bundle, conditioner, args.duration, variant == "compiled", args.runs)
+        except Exception as exc:  # report and go on: one failing variant must not lose the others' figures
+            emit({**base, "backend": f"fast-{variant}", "error": f"{type(exc).__name__}: {exc}"[:500]}, out)
+            continue
+        ms_per_step = 1000 * figures["wall_s"] / steps
+        emit({**base, "backend": f"fast-{variant}", "audio_seconds": args.duration, "steps": steps, **figures,
+              "ms_per_step": ms_per_step, "x_realtime": args.duration / figures["wall_s"],
+              "speedup_vs_transformers": reference_wall / figures["wall_s"] if reference_wall else None,
+              "step_speedup_vs_transformers": reference_ms_per_step / ms_per_step if reference_ms_per_step else None,
+              }, out)  # fmt: skip
+    del bundle, model, conditioner
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+START = time.perf_counter()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m musicgen_api.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["small", "medium", "large"], help="small medium large tiny")
+    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    parser.add_argument("--duration", type=int, default=30, help="seconds of audio per fast-engine run")
+    parser.add_argument("--reference-duration", type=int, default=None,
+                        help="seconds for the transformers run (default: --duration; 0 skips it)")  # fmt: skip
+    parser.add_argument("--runs", type=int, default=3, help="timed fast-engine runs after the first request")
+    parser.add_argument("--variants", nargs="*", choices=["graph", "compiled"], help="CUDA fast-engine variants")
+    parser.add_argument("--text-tokens", type=int, default=512, help="text-conditioning capacity, as the server's")
+    parser.add_argument("--budget-s", type=float, default=float("inf"), help="start no new variant after this")
+    parser.add_argument("--out", type=argparse.FileType("a"), help="also append the JSON lines to this file")
+    args = parser.parse_args()
+    if args.reference_duration is None:
+        args.reference_duration = args.duration
+    for name in args.models:
+        bench_model(name, args, args.out)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

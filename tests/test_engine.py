@@ -1,0 +1,139 @@
+"""The fast engine against transformers on the tiny checkpoints: same codes, same logits, faithful sampling."""
+
+import pathlib
+
+import pytest
+import torch
+
+from musicgen_api.config import Settings
+from musicgen_api.engine.conditioning import TextConditioner
+from musicgen_api.engine.decoder import MusicgenDecoder
+from musicgen_api.engine.delay import sequence_length
+from musicgen_api.engine.fast import FastEngine
+from musicgen_api.engine.loading import MusicgenBundle, load_musicgen
+from musicgen_api.engine.params import GenerationCancelled, GenerationParams
+from musicgen_api.engine.reference import TransformersEngine
+from musicgen_api.engine.sampling import sample_next
+from musicgen_api.pipeline import build_pipeline
+
+
+def no_progress(done: int, total: int) -> None:
+    pass
+
+
+@pytest.fixture(scope="module", params=["mono", "stereo"])
+def bundle(request: pytest.FixtureRequest) -> MusicgenBundle:
+    path: pathlib.Path = request.getfixturevalue(f"{request.param}_model")
+    return load_musicgen(str(path), device="cpu")
+
+
+@pytest.mark.parametrize("cfg_coef", [3.0, 1.0])
+@pytest.mark.parametrize("description", ["电子音乐，带有强烈的鼓点", "a calm piano melody with soft strings and rain"])
+def test_greedy_codes_match_transformers(bundle: MusicgenBundle, description: str, cfg_coef: float) -> None:
+    conditioner = TextConditioner(bundle, max_tokens=64)
+    params = GenerationParams(description, duration=2, top_k=1, cfg_coef=cfg_coef)
+    fast = FastEngine(bundle, conditioner, max_duration=3).generate(params, no_progress)
+    reference = TransformersEngine(bundle, conditioner).generate(params, no_progress)
+    assert fast.shape == (bundle.num_codebooks, 100)
+    assert torch.equal(fast, reference)
+
+
+def test_teacher_forced_logits_match_transformers(bundle: MusicgenBundle) -> None:
+    conditioner = TextConditioner(bundle, max_tokens=64)
+    hidden, mask = conditioner.encode("techno beat at 128 bpm with a deep kick")
+    k, t = bundle.num_codebooks, 40
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, bundle.model.config.decoder.vocab_size + 1, (1, k, t), generator=generator)
+    expected = bundle.model.decoder(
+        input_ids=tokens.reshape(k, t), encoder_hidden_states=hidden, encoder_attention_mask=mask.long()
+    ).logits.reshape(1, k, t, -1)
+    ours = MusicgenDecoder.from_transformers(bundle.model.decoder, bundle.model.config.decoder)
+    ours.setup_cache(batch=1, length=t)
+    with torch.no_grad():
+        logits = ours(tokens, torch.arange(t), ours.cross_keys_values(hidden), mask[:, None, None, :])
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
+
+
+def test_fixed_seed_reproduces_codes_and_sampling_varies(bundle: MusicgenBundle) -> None:
+    engine = FastEngine(bundle, TextConditioner(bundle, max_tokens=64), max_duration=2)
+    params = GenerationParams("jazz trio", duration=1, top_k=50)
+    runs = []
+    for seed in (7, 7, 8):
+        torch.manual_seed(seed)
+        runs.append(engine.generate(params, no_progress))
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])
+
+
+def test_progress_reaches_every_step_and_cancellation_stops(bundle: MusicgenBundle) -> None:
+    engine = FastEngine(bundle, TextConditioner(bundle, max_tokens=64), max_duration=2)
+    params = GenerationParams("x", duration=1)
+    seen: list[int] = []
+    engine.generate(params, lambda done, total: seen.append(done))
+    steps = sequence_length(params.frames, bundle.num_codebooks, bundle.audio_channels) - 1
+    assert seen == list(range(1, steps + 1))
+
+    def stop_at_five(done: int, total: int) -> None:
+        if done == 5:
+            raise GenerationCancelled
+
+    with pytest.raises(GenerationCancelled):
+        engine.generate(params, stop_at_five)
+
+
+def _distribution(batch: int = 3, codebooks: int = 4, vocab: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    cond = torch.randn(batch, codebooks, vocab, generator=generator) * 3
+    uncond = torch.randn(batch, codebooks, vocab, generator=generator) * 3
+    return cond, uncond
+
+
+def _mixed_probs(cond: torch.Tensor, uncond: torch.Tensor, cfg: float, temperature: float) -> torch.Tensor:
+    return torch.softmax((uncond + (cond - uncond) * cfg) / temperature, dim=-1)
+
+
+@pytest.mark.parametrize("top_k", [1, 5, 20])
+def test_top_k_never_leaves_the_k_most_likely(top_k: int) -> None:
+    cond, uncond = _distribution()
+    probs = _mixed_probs(cond, uncond, 3.0, 0.8)
+    allowed = probs.topk(top_k, dim=-1).indices
+    t = torch.tensor
+    for _ in range(300):
+        token = sample_next(cond, uncond, t(3.0), t(0.8), t(top_k), t(0.0))
+        assert (allowed == token[..., None]).any(-1).all()
+
+
+@pytest.mark.parametrize("top_p", [0.05, 0.5, 0.9])
+def test_top_p_never_leaves_the_nucleus(top_p: float) -> None:
+    cond, uncond = _distribution()
+    probs = _mixed_probs(cond, uncond, 2.0, 1.0)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    in_nucleus = (sorted_probs.cumsum(-1) - sorted_probs) <= top_p
+    t = torch.tensor
+    seen_outside_top_1 = False
+    for _ in range(300):
+        token = sample_next(cond, uncond, t(2.0), t(1.0), t(1), t(top_p))  # top_k=1 must be ignored
+        rank = (order == token[..., None]).float().argmax(-1)
+        assert in_nucleus.gather(-1, rank[..., None]).all()
+        seen_outside_top_1 |= bool((rank > 0).any())
+    assert seen_outside_top_1 or top_p < 0.1
+
+
+def test_sampling_follows_the_distribution() -> None:
+    cond, uncond = _distribution(batch=1, codebooks=1, vocab=8)
+    probs = _mixed_probs(cond, uncond, 3.0, 1.5)[0, 0]
+    t = torch.tensor
+    draws = torch.stack([sample_next(cond, uncond, t(3.0), t(1.5), t(8), t(0.0)) for _ in range(4000)]).flatten()
+    freq = torch.bincount(draws, minlength=8).float() / draws.numel()
+    torch.testing.assert_close(freq, probs, atol=0.03, rtol=0)
+
+
+def test_pipeline_rejects_prompt_over_token_capacity(mono_model: pathlib.Path) -> None:
+    pipeline = build_pipeline(Settings(model=str(mono_model), device="cpu", max_text_tokens=8, max_duration=2))
+    with pytest.raises(ValueError, match="at most 8"):
+        pipeline.check(GenerationParams("a long description that makes many text tokens", duration=1))
+
+
+def test_max_duration_beyond_positions_is_refused(mono_model: pathlib.Path) -> None:
+    with pytest.raises(ValueError, match="--max-duration"):
+        build_pipeline(Settings(model=str(mono_model), device="cpu", max_duration=60))
