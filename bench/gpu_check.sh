@@ -14,7 +14,7 @@ else
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$out/gpu.txt"
-step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" 2>"$out/$name.err" | tee -a "$out/results.jsonl"; echo "exit $?" >>"$out/$name.err"; }
+step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@" 2>"$out/$name.err" | tee -a "$out/results.jsonl"; echo "exit ${PIPESTATUS[0]}" >>"$out/$name.err"; }
 for what in ${@:-equivalence bench-small server bench-medium-large}; do
   case $what in
     equivalence) step equivalence 120 python3 bench/gpu_equivalence.py ;;
