@@ -78,7 +78,7 @@ def main() -> None:
                 break
             except requests.ConnectionError:
                 if server.poll() is not None or time.perf_counter() - started > 400:
-                    raise RuntimeError("server did not start")
+                    raise RuntimeError("server did not start") from None
                 time.sleep(0.5)
         report["server_start_s"] = round(time.perf_counter() - started, 1)
         body = {"description": "电子音乐，带有强烈的鼓点", "duration": args.duration, "mbd": False, "top_k": 250,

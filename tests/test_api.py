@@ -57,7 +57,7 @@ def test_healthcheck_idle(mono_server: Server) -> None:
 
 def test_spec_python_client_verbatim(mono_server: Server, capsys: pytest.CaptureFixture[str]) -> None:
     """The spec's Python client, unchanged but for the address, at the spec's 30 s."""
-    client = '''
+    client = """
 import requests, json
 print(requests.get('http://localhost:5000/api/healthcheck').json())
 params = {"description": "电子音乐，带有强烈的鼓点", "duration": 30, "mbd": False,
@@ -71,7 +71,7 @@ for line in r.iter_lines():
             audio_b64 = event['audio_data']      # base64 WAV
         elif event.get('status') == 'generating':
             print(f"progress: {event['progress']}%")
-'''.replace("http://localhost:5000", mono_server.url)
+""".replace("http://localhost:5000", mono_server.url)
     scope: dict[str, Any] = {}
     exec(compile(client, "spec_client", "exec"), scope)
     out = capsys.readouterr().out.splitlines()

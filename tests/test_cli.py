@@ -9,8 +9,8 @@ from tests.conftest import OFFLINE_ENV, free_port, serve_command
 
 @pytest.mark.parametrize("model", ["/nonexistent/musicgen-folder", "facebook/musicgen-does-not-exist"])
 def test_unloadable_model_stops_startup_with_one_clear_line(model: str) -> None:
-    result = subprocess.run(serve_command("--model", model, "--port", str(free_port())), capture_output=True, env=OFFLINE_ENV,
-                            timeout=120, text=True)  # fmt: skip
+    command = serve_command("--model", model, "--port", str(free_port()))
+    result = subprocess.run(command, capture_output=True, env=OFFLINE_ENV, timeout=120, text=True)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if "cannot start" in line]
     assert len(errors) == 1, result.stderr

@@ -20,7 +20,8 @@ def _serve_parser(sub: Any) -> None:
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1; 0.0.0.0 for all) [MUSICGEN_HOST]")
     serve.add_argument("--port", type=int, help="port (default 5000) [MUSICGEN_PORT]")
     serve.add_argument(
-        "--model", help="hub id or local folder of a MusicGen checkpoint (default facebook/musicgen-small) [MUSICGEN_MODEL]"
+        "--model",
+        help="hub id or local folder of a MusicGen checkpoint (default facebook/musicgen-small) [MUSICGEN_MODEL]",
     )
     serve.add_argument("--device", choices=get_args(Device), help="where to run (default auto) [MUSICGEN_DEVICE]")
     serve.add_argument(
@@ -32,7 +33,7 @@ def _serve_parser(sub: Any) -> None:
     serve.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
-        help="CUDA: fuse the decode step with torch.compile before capturing it (default on; --no-compile starts faster)",
+        help="CUDA: fuse the decode step with torch.compile before capturing it (default on; off starts faster)",
     )
     serve.add_argument("--max-duration", type=int, help="longest clip a request may ask for, seconds (default 30)")
     serve.add_argument("--max-description-chars", type=int, help="longest prompt accepted, characters (default 2000)")

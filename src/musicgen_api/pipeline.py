@@ -33,13 +33,13 @@ class CodeGenerator(Protocol):
 class MusicPipeline:
     def __init__(self, bundle: MusicgenBundle, engine: CodeGenerator, conditioner: TextConditioner) -> None:
         self.bundle, self.engine, self.conditioner = bundle, engine, conditioner
-        self.codec = EncodecDecoder(bundle.model.audio_encoder, bundle.audio_channels)
+        self.codec = EncodecDecoder(bundle.codec, bundle.audio_channels)
 
     def check(self, params: GenerationParams) -> None:
         """Refuse, before any work starts, what this server cannot do."""
         if params.mbd:
             raise InvalidRequest(
-                "mbd: MultiBand Diffusion decoding is not available on this server yet; send \"mbd\": false"
+                'mbd: MultiBand Diffusion decoding is not available on this server yet; send "mbd": false'
             )
         self.conditioner.tokenize(params.description)
 

@@ -24,10 +24,10 @@ MUSIC_OPENAPI: dict[str, Any] = {
     "responses": {
         "200": {
             "description": "An SSE stream of `data: <json>` events: started, generating (progress), then completed "
-            "(base64 WAV in audio_data) or {\"error\": ...}.",
+            '(base64 WAV in audio_data) or {"error": ...}.',
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
-        "400": {"description": "Invalid parameters: {\"error\": message naming the field}."},
+        "400": {"description": 'Invalid parameters: {"error": message naming the field}.'},
         "503": {"description": "Busy: another generation is running (Retry-After header)."},
     },
 }

@@ -14,5 +14,10 @@ class EncodecDecoder:
     def decode(self, codes: Tensor) -> Tensor:
         """Codes [K, frames] → float waveform [channels, frames * hop]."""
         per_channel = [codes[c :: self.channels] for c in range(self.channels)]  # each [K / channels, frames]
-        waves = [self.codec.decode(c[None, None], [None]).audio_values[0, 0] for c in per_channel]
+        waves = [self._decode_one(c) for c in per_channel]
         return torch.stack(waves).float()
+
+    def _decode_one(self, codes: Tensor) -> Tensor:
+        """Codes [K, frames] of one channel → waveform [samples]."""
+        output = self.codec.decode(codes[None, None], [None], return_dict=True)  # type: ignore[arg-type]
+        return output.audio_values[0, 0]  # type: ignore[union-attr,index]

@@ -115,30 +115,51 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-
 def build_config(shape: Shape, *, stereo: bool = False) -> MusicgenConfig:
     """A config laid out like facebook/musicgen-{small,medium,large} (or the -stereo- variants)."""
     # EnCodec derives its codebook count from the bandwidth: 4 codebooks at 50 Hz of log2(codebook_size) bits each
     # (2.2 kbps for the real 2048-entry codebooks).
     bandwidth = CODEBOOKS_PER_CHANNEL * math.log2(shape.codebook_size) * FRAME_RATE / 1000
     text_encoder = T5Config(
-        vocab_size=shape.text_vocab, d_model=shape.text_dim, d_kv=shape.text_dim // shape.text_heads,
-        d_ff=shape.text_ff, num_layers=shape.text_layers, num_heads=shape.text_heads, feed_forward_proj="relu",
-        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        vocab_size=shape.text_vocab,
+        d_model=shape.text_dim,
+        d_kv=shape.text_dim // shape.text_heads,
+        d_ff=shape.text_ff,
+        num_layers=shape.text_layers,
+        num_heads=shape.text_heads,
+        feed_forward_proj="relu",
+        pad_token_id=0,
+        eos_token_id=1,
     )
     audio_encoder = EncodecConfig(
-        sampling_rate=SAMPLING_RATE, audio_channels=1, upsampling_ratios=UPSAMPLING_RATIOS,
-        target_bandwidths=[round(bandwidth, 1)], codebook_size=shape.codebook_size,
-        codebook_dim=shape.codec_hidden, hidden_size=shape.codec_hidden, num_filters=shape.codec_filters,
-        num_lstm_layers=shape.codec_lstm_layers, normalize=False, use_causal_conv=False, use_conv_shortcut=False,
-        chunk_length_s=None, overlap=None,
+        sampling_rate=SAMPLING_RATE,
+        audio_channels=1,
+        upsampling_ratios=UPSAMPLING_RATIOS,
+        target_bandwidths=[round(bandwidth, 1)],
+        codebook_size=shape.codebook_size,
+        codebook_dim=shape.codec_hidden,
+        hidden_size=shape.codec_hidden,
+        num_filters=shape.codec_filters,
+        num_lstm_layers=shape.codec_lstm_layers,
+        normalize=False,
+        use_causal_conv=False,
+        use_conv_shortcut=False,
+        chunk_length_s=None,
+        overlap=None,
     )
     channels = 2 if stereo else 1
     decoder = MusicgenDecoderConfig(
-        vocab_size=shape.codebook_size, hidden_size=shape.dim, num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads, ffn_dim=shape.ffn, max_position_embeddings=2048,
-        num_codebooks=CODEBOOKS_PER_CHANNEL * channels, audio_channels=channels,
-        pad_token_id=shape.codebook_size, bos_token_id=shape.codebook_size, initializer_factor=shape.init_std,
+        vocab_size=shape.codebook_size,
+        hidden_size=shape.dim,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        ffn_dim=shape.ffn,
+        max_position_embeddings=2048,
+        num_codebooks=CODEBOOKS_PER_CHANNEL * channels,
+        audio_channels=channels,
+        pad_token_id=shape.codebook_size,
+        bos_token_id=shape.codebook_size,
+        initializer_factor=shape.init_std,
     )
     return MusicgenConfig(
         text_encoder=text_encoder, audio_encoder=audio_encoder, decoder=decoder, initializer_factor=shape.init_std
@@ -173,7 +194,12 @@ def build_random_musicgen(
 
 
 def save_random_musicgen(
-    path: pathlib.Path, shape: str = "tiny", *, stereo: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32
+    path: pathlib.Path,
+    shape: str = "tiny",
+    *,
+    stereo: bool = False,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> pathlib.Path:
     """Write a random-weight checkpoint plus tokenizer to `path`, loadable with `from_pretrained(path)`."""
     path = pathlib.Path(path)

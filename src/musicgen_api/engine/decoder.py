@@ -8,6 +8,7 @@ as one gather and one matmul, and `forward(tokens, pos)` with static shapes so a
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,8 @@ class KVCache(nn.Module):
     def __init__(self, batch: int, n_head: int, length: int, head_dim: int, dtype: torch.dtype) -> None:
         super().__init__()
         shape = (batch, n_head, length, head_dim)
+        self.k: Tensor
+        self.v: Tensor
         self.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
 
@@ -118,9 +121,11 @@ class MusicgenDecoder(nn.Module):
         self.args = a
         rows = a.codebook_size + 1
         self.embed = nn.Parameter(torch.empty(a.num_codebooks * rows, a.dim))  # codebook k owns rows [k*rows, ...)
+        self.embed_offsets: Tensor
+        self.positions: Tensor
         self.register_buffer("embed_offsets", torch.arange(a.num_codebooks) * rows, persistent=False)
         self.register_buffer("positions", sinusoidal_positions(a.max_positions, a.dim), persistent=False)
-        self.layers = nn.ModuleList(DecoderLayer(a) for _ in range(a.n_layer))
+        self.layers = cast(list[DecoderLayer], nn.ModuleList(DecoderLayer(a) for _ in range(a.n_layer)))
         self.norm = nn.LayerNorm(a.dim)
         self.heads = nn.Linear(a.dim, a.num_codebooks * a.codebook_size, bias=False)  # all codebooks' heads
         self.causal: Tensor | None = None

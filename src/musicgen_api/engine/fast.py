@@ -29,7 +29,7 @@ class FastEngine:
     def __init__(
         self, bundle: MusicgenBundle, conditioner: TextConditioner, max_duration: int, compile_step: bool = False
     ) -> None:
-        config = bundle.model.config.decoder
+        config = bundle.decoder_config
         self.bundle, self.conditioner = bundle, conditioner
         self.start_id = bundle.start_token_id
         self.channels = bundle.audio_channels
@@ -45,7 +45,11 @@ class FastEngine:
         self.decoder = MusicgenDecoder.from_transformers(bundle.model.decoder, config)
         self.decoder.setup_cache(batch=2, length=self.length)  # row 0 conditional, row 1 unconditional (CFG)
         device, dtype, dim = bundle.device, bundle.dtype, config.hidden_size
-        n_head, head_dim, text_len = config.num_attention_heads, dim // config.num_attention_heads, conditioner.max_tokens
+        n_head, head_dim, text_len = (
+            config.num_attention_heads,
+            dim // config.num_attention_heads,
+            conditioner.max_tokens,
+        )
         self.cross = [
             (torch.zeros(2, n_head, text_len, head_dim, device=device, dtype=dtype),
              torch.zeros(2, n_head, text_len, head_dim, device=device, dtype=dtype))

@@ -8,9 +8,16 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
-from transformers import AutoTokenizer, MusicgenForConditionalGeneration, PreTrainedTokenizerBase
+from transformers import (
+    AutoTokenizer,
+    EncodecModel,
+    MusicgenDecoderConfig,
+    MusicgenForConditionalGeneration,
+    PreTrainedTokenizerBase,
+)
 
 from musicgen_api.config import Device, DType
 
@@ -31,23 +38,31 @@ class MusicgenBundle:
     dtype: torch.dtype
 
     @property
+    def decoder_config(self) -> MusicgenDecoderConfig:
+        return cast(MusicgenDecoderConfig, self.model.config.decoder)
+
+    @property
+    def codec(self) -> EncodecModel:
+        return cast(EncodecModel, self.model.audio_encoder)
+
+    @property
     def audio_channels(self) -> int:
-        return int(self.model.config.decoder.audio_channels)
+        return int(self.decoder_config.audio_channels)
 
     @property
     def num_codebooks(self) -> int:
         """Codebooks the decoder predicts per step: 4 for mono, 8 (left/right interleaved) for stereo."""
-        return int(self.model.config.decoder.num_codebooks)
+        return int(self.decoder_config.num_codebooks)
 
     @property
     def start_token_id(self) -> int:
         """The BOS/padding id of the delay pattern (one past the codebook size, 2048 for the real models)."""
         token = self.model.generation_config.decoder_start_token_id
-        return int(token if token is not None else self.model.config.decoder.pad_token_id)
+        return int(cast(int, token if token is not None else self.decoder_config.pad_token_id))
 
     @property
     def sampling_rate(self) -> int:
-        return int(self.model.config.audio_encoder.sampling_rate)
+        return int(self.codec.config.sampling_rate)
 
 
 def resolve_device(device: Device) -> torch.device:
@@ -86,14 +101,15 @@ def load_musicgen(source: str, device: Device = "auto", dtype: DType = "auto") -
             "saved MusicGen checkpoint, or download the hub model into the Hugging Face cache (set HF_HOME to it) "
             "on a machine with network access."
         ) from exc
-    model.to(torch_device).eval()
+    model.to(torch_device).eval()  # type: ignore[arg-type]  # transformers' stub types .to() narrowly
+    bundle = MusicgenBundle(model=model, tokenizer=tokenizer, device=torch_device, dtype=torch_dtype)
     log.info(
         "loaded %s on %s (%s) in %.1f s: %d codebooks, %d channel(s)",
         source,
         torch_device,
         str(torch_dtype).removeprefix("torch."),
         time.perf_counter() - started,
-        model.config.decoder.num_codebooks,
-        model.config.decoder.audio_channels,
+        bundle.num_codebooks,
+        bundle.audio_channels,
     )
-    return MusicgenBundle(model=model, tokenizer=tokenizer, device=torch_device, dtype=torch_dtype)
+    return bundle

@@ -42,8 +42,10 @@ class TransformersEngine:
         steps = params.frames + self.bundle.num_codebooks // channels - 1
         watcher = _StepWatcher(steps, on_step)
         nucleus = params.top_p > 0
+        tokens = self.conditioner.tokenize(params.description)
         self.bundle.model.generate(
-            **self.conditioner.tokenize(params.description),
+            input_ids=tokens["input_ids"],
+            attention_mask=tokens["attention_mask"],
             do_sample=True,
             guidance_scale=params.cfg_coef,
             temperature=params.temperature,
