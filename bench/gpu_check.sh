@@ -2,6 +2,7 @@
 # The GPU checks and benchmarks, for a machine with one CUDA GPU (see README "Benchmarks"). Results go to $OUT
 # (or ./gpu-results) as JSON lines, written as each step finishes so a run cut short keeps what it measured.
 #   bash bench/gpu_check.sh [equivalence] [bench-small] [server] [bench-medium-large]   (default: all, in this order)
+# SMALL_ARGS / ML_ARGS add benchmark flags (e.g. "--reference-duration 5 --profile") to the small / medium+large runs.
 set -u
 out=${OUT:-gpu-results}
 mkdir -p "$out"
@@ -18,10 +19,10 @@ step() { local name=$1 limit=$2; shift 2; echo "== $name"; timeout "$limit" "$@"
 for what in ${@:-equivalence bench-small server bench-medium-large}; do
   case $what in
     equivalence) step equivalence 120 python3 bench/gpu_equivalence.py ;;
-    bench-small) step bench-small 240 python3 -m musicgen_api.bench --models small --duration 30 --runs 3 ;;
+    bench-small) step bench-small 240 python3 -m musicgen_api.bench --models small --duration 30 --runs 3 ${SMALL_ARGS:-} ;;
     server) step server 200 python3 bench/server_check.py --shape small --duration 30 ;;
     bench-medium-large) step bench-medium-large 560 python3 -m musicgen_api.bench --models medium large --duration 30 \
-      --reference-duration 10 --runs 2 --budget-s "${BUDGET_S:-400}" ;;
+      --reference-duration 10 --runs 2 --budget-s "${BUDGET_S:-400}" ${ML_ARGS:-} ;;
   esac
 done
 tail -n 3 "$out"/*.err

@@ -68,8 +68,30 @@ def reference_run(bundle: MusicgenBundle, duration: int) -> tuple[float, int]:
     return timed(bundle.device, run)[0], steps
 
 
+def profile_step(engine: FastEngine, steps: int = 20) -> dict[str, Any]:
+    """GPU time per decode step by kernel (the step run outside its graph, so each kernel is visible)."""
+    engine.generate(GenerationParams(PROMPT, 1), lambda done, total: None)  # a realistic state to step from
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            engine.step()
+        torch.cuda.synchronize()
+    rows = []
+    for event in prof.key_averages():
+        device_us = getattr(event, "device_time_total", 0) or getattr(event, "cuda_time_total", 0)
+        if device_us > 0:
+            rows.append((event.key[:90], round(device_us / steps, 1), round(event.count / steps, 1)))
+    rows.sort(key=lambda row: -row[1])
+    kernels = sum(count for _, _, count in rows)
+    return {"gpu_us_per_step": round(sum(us for _, us, _ in rows), 1), "kernels_per_step": kernels, "top": rows[:25]}
+
+
 def fast_runs(
-    bundle: MusicgenBundle, conditioner: TextConditioner, duration: int, compile_step: bool, runs: int
+    bundle: MusicgenBundle,
+    conditioner: TextConditioner,
+    duration: int,
+    compile_step: bool,
+    runs: int,
+    profile_steps: bool = False,
 ) -> dict[str, Any]:
     device = bundle.device
     startup, engine = timed(device, lambda: FastEngine(bundle, conditioner, duration, compile_step=compile_step))
@@ -83,17 +105,20 @@ def fast_runs(
     walls = [timed(device, lambda: pipeline.render(params, ignore))[0] for _ in range(runs)]
     transient = (torch.cuda.max_memory_allocated() - before) if device.type == "cuda" else 0
     text_s, _ = timed(device, lambda: conditioner.encode(PROMPT))
-    codes = engine.generate(params, ignore)
+    tokens_s, codes = timed(device, lambda: engine.generate(params, ignore))
     codec_s, _ = timed(device, lambda: pipeline.codec.decode(codes))
     model = bundle.model
     weights = tensor_bytes(engine.decoder.parameters())
     weights += tensor_bytes(model.text_encoder.parameters()) + tensor_bytes(model.audio_encoder.parameters())
     kv = tensor_bytes(engine.decoder.buffers()) + tensor_bytes(t for pair in engine.cross for t in pair)
+    profile = profile_step(engine) if profile_steps and device.type == "cuda" else None
     return {
+        "profile": profile,
         "startup_s": startup,
         "first_request_s": first,
         "wall_s": statistics.median(walls),
         "wall_min_s": min(walls),
+        "tokens_s": tokens_s,
         "text_encode_s": text_s,
         "codec_decode_s": codec_s,
         "weights_gib": weights / GIB,
@@ -133,7 +158,7 @@ def bench_model(name: str, args: argparse.Namespace, out: Any) -> None:
             emit({**base, "backend": f"fast-{variant}", "skipped": "time budget spent"}, out)
             continue
         try:
-            figures = fast_runs(bundle, conditioner, args.duration, variant == "compiled", args.runs)
+            figures = fast_runs(bundle, conditioner, args.duration, variant == "compiled", args.runs, args.profile)
         except Exception as exc:  # report and go on: one failing variant must not lose the others' figures
             emit({**base, "backend": f"fast-{variant}", "error": f"{type(exc).__name__}: {exc}"[:500]}, out)
             continue
@@ -162,6 +187,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="timed fast-engine runs after the first request")
     parser.add_argument("--variants", nargs="*", choices=["graph", "compiled"], help="CUDA fast-engine variants")
     parser.add_argument("--text-tokens", type=int, default=512, help="text-conditioning capacity, as the server's")
+    parser.add_argument("--profile", action="store_true", help="add a per-kernel GPU profile of one decode step")
     parser.add_argument("--budget-s", type=float, default=float("inf"), help="start no new variant after this")
     parser.add_argument("--out", type=argparse.FileType("a"), help="also append the JSON lines to this file")
     args = parser.parse_args()

@@ -56,6 +56,15 @@ def sinusoidal_positions(n: int, dim: int) -> Tensor:
     return F.pad(table, (0, dim % 2))  # [n, dim]
 
 
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+    """Attention as two batched matmuls around a masked float32 softmax. A decode step has one query per stream;
+    SDPA's masked kernels then parallelise only over batch × heads and crawl along the keys, while a batched matmul
+    reads K and V at full memory bandwidth."""
+    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2)).float()  # [B, H, T, L]
+    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    return torch.matmul(weights.to(v.dtype), v)  # [B, H, T, D]
+
+
 class KVCache(nn.Module):
     """Self-attention keys/values for every position of the request, preallocated and written by index."""
 
@@ -107,10 +116,10 @@ class DecoderLayer(nn.Module):
         assert self.cache is not None, "call MusicgenDecoder.setup_cache first"
         q, k, v = self.self_qkv(self.self_attn_norm(x)).chunk(3, dim=-1)
         keys, values = self.cache.update(pos, self.heads(k), self.heads(v))
-        h = F.scaled_dot_product_attention(self.heads(q), keys, values, attn_mask=self_mask)
+        h = attend(self.heads(q), keys, values, self_mask)
         x = x + self.self_out(self.merge(h))
         q = self.heads(self.cross_q(self.cross_attn_norm(x)))
-        h = F.scaled_dot_product_attention(q, cross_k, cross_v, attn_mask=cross_mask)
+        h = attend(q, cross_k, cross_v, cross_mask)
         x = x + self.cross_out(self.merge(h))
         return x + self.fc2(F.gelu(self.fc1(self.ffn_norm(x))))
 
@@ -144,7 +153,9 @@ class MusicgenDecoder(nn.Module):
         assert self.causal is not None, "call setup_cache first"
         b, k, t = tokens.shape
         x = F.embedding(tokens + self.embed_offsets[None, :, None], self.embed).sum(1)  # [B, T, C]
-        x = x * self.args.embed_scale + self.positions[pos].to(x.dtype)
+        if self.args.embed_scale != 1.0:
+            x = x * self.args.embed_scale
+        x = x + self.positions[pos].to(x.dtype)
         self_mask = self.causal[None, None, pos]  # [1, 1, T, L]
         for layer, (ck, cv) in zip(self.layers, cross_kv, strict=True):
             x = layer(x, pos, self_mask, ck, cv, cross_mask)
