@@ -137,3 +137,16 @@ def test_pipeline_rejects_prompt_over_token_capacity(mono_model: pathlib.Path) -
 def test_max_duration_beyond_positions_is_refused(mono_model: pathlib.Path) -> None:
     with pytest.raises(ValueError, match="--max-duration"):
         build_pipeline(Settings(model=str(mono_model), device="cpu", max_duration=60))
+
+
+def test_stale_cache_contents_cannot_leak_into_a_request(bundle: MusicgenBundle) -> None:
+    """Masked positions get weight 0, and 0 × NaN is NaN: whatever a previous request or the CUDA-graph warm-up
+    left in the KV cache must not change the next request."""
+    engine = FastEngine(bundle, TextConditioner(bundle, max_tokens=64), max_duration=2)
+    params = GenerationParams("techno", duration=1, top_k=1)
+    fresh = engine.generate(params, no_progress)
+    for layer in engine.decoder.layers:
+        assert layer.cache is not None
+        layer.cache.k.fill_(float("nan"))
+        layer.cache.v.fill_(float("inf"))
+    assert torch.equal(engine.generate(params, no_progress), fresh)

@@ -56,15 +56,6 @@ def sinusoidal_positions(n: int, dim: int) -> Tensor:
     return F.pad(table, (0, dim % 2))  # [n, dim]
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-    """Attention as two batched matmuls around a masked float32 softmax. A decode step has one query per stream;
-    SDPA's masked kernels then parallelise only over batch × heads and crawl along the keys, while a batched matmul
-    reads K and V at full memory bandwidth."""
-    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2)).float()  # [B, H, T, L]
-    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
-    return torch.matmul(weights.to(v.dtype), v)  # [B, H, T, D]
-
-
 class KVCache(nn.Module):
     """Self-attention keys/values for every position of the request, preallocated and written by index."""
 
@@ -75,6 +66,11 @@ class KVCache(nn.Module):
         self.v: Tensor
         self.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
+
+    def reset(self) -> None:
+        """Zero every position: stale values at masked positions get weight 0, but 0 × NaN would still be NaN."""
+        self.k.zero_()
+        self.v.zero_()
 
     def update(self, pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         self.k.index_copy_(2, pos, k)
@@ -116,10 +112,10 @@ class DecoderLayer(nn.Module):
         assert self.cache is not None, "call MusicgenDecoder.setup_cache first"
         q, k, v = self.self_qkv(self.self_attn_norm(x)).chunk(3, dim=-1)
         keys, values = self.cache.update(pos, self.heads(k), self.heads(v))
-        h = attend(self.heads(q), keys, values, self_mask)
+        h = F.scaled_dot_product_attention(self.heads(q), keys, values, attn_mask=self_mask)
         x = x + self.self_out(self.merge(h))
         q = self.heads(self.cross_q(self.cross_attn_norm(x)))
-        h = attend(q, cross_k, cross_v, cross_mask)
+        h = F.scaled_dot_product_attention(q, cross_k, cross_v, attn_mask=cross_mask)
         x = x + self.cross_out(self.merge(h))
         return x + self.fc2(F.gelu(self.fc1(self.ffn_norm(x))))
 
@@ -147,6 +143,11 @@ class MusicgenDecoder(nn.Module):
         for layer in self.layers:
             layer.cache = KVCache(batch, a.n_head, length, a.head_dim, p.dtype).to(p.device)
         self.causal = torch.tril(torch.ones(length, length, dtype=torch.bool, device=p.device))
+
+    def reset_cache(self) -> None:
+        for layer in self.layers:
+            assert layer.cache is not None, "call setup_cache first"
+            layer.cache.reset()
 
     def forward(self, tokens: Tensor, pos: Tensor, cross_kv: list[tuple[Tensor, Tensor]], cross_mask: Tensor) -> Tensor:
         """tokens [B, K, T] at positions pos [T] → logits [B, K, T, V] (float32)."""

@@ -102,6 +102,7 @@ class FastEngine:
         self.pos.copy_(nxt)
 
     def _record(self) -> torch.cuda.CUDAGraph:
+        self.cross_mask[..., 0] = True  # warm up on a well-formed input: no fully masked attention row
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -130,6 +131,7 @@ class FastEngine:
         self.valid.copy_(valid_positions(frames, self.length, self.num_codebooks, self.channels))
         self.sequence.fill_(self.start_id)
         self.pos.zero_()
+        self.decoder.reset_cache()
         self.cfg_coef.fill_(params.cfg_coef)
         self.temperature.fill_(params.temperature)
         self.top_k.fill_(min(params.top_k, self.decoder.args.codebook_size))
