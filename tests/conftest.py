@@ -18,6 +18,7 @@ import requests
 
 from musicgen_api.bench.random_model import save_random_musicgen
 
+MBD_FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "mbd" / "mbd_tiny.th"  # fits the tiny model's codec
 OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -52,6 +53,9 @@ def serve_command(*args: str) -> list[str]:
 
 
 def start_server(model: pathlib.Path, log_dir: pathlib.Path, *extra: str) -> Server:
+    """A server on the tiny model; MBD comes from the fixture checkpoint unless `extra` says otherwise."""
+    if "--no-mbd" not in extra and "--mbd-weights" not in extra:
+        extra = ("--mbd-weights", str(MBD_FIXTURE), *extra)
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
     with log_path.open("wb") as log:

@@ -121,7 +121,7 @@ def test_stereo_model_gives_two_channels(stereo_server: Server) -> None:
 
 
 def test_transformers_backend_serves_too(server_factory: ServerFactory, mono_model: Any) -> None:
-    server = server_factory(mono_model, "--backend", "transformers", "--max-duration", "5")
+    server = server_factory(mono_model, "--backend", "transformers", "--max-duration", "5", "--no-mbd")
     events = stream_events(server.url, {"description": "reference path", "duration": 2})
     assert events[-1]["status"] == "completed"
     with decode_wav(events[-1]["audio_data"]) as w:
@@ -192,11 +192,23 @@ def test_malformed_bodies_are_400(mono_server: Server, raw: bytes, named: str) -
     assert named in r.json()["error"]
 
 
-def test_mbd_is_refused_clearly_until_available(mono_server: Server) -> None:
-    r = requests.post(f"{mono_server.url}/api/music", json={"description": "x", "duration": 1, "mbd": True}, timeout=10)
+@pytest.mark.parametrize("stereo", [False, True])
+def test_mbd_decodes_to_the_exact_duration(mono_server: Server, stereo_server: Server, stereo: bool) -> None:
+    server = stereo_server if stereo else mono_server
+    events = stream_events(server.url, {"description": "warm analog synth pads", "duration": 2, "mbd": True})
+    progress = [e["progress"] for e in events[1:-1]]
+    assert progress == sorted(progress) and progress[-1] == 100
+    with decode_wav(events[-1]["audio_data"]) as w:
+        assert (w.getframerate(), w.getsampwidth(), w.getnchannels()) == (32000, 2, 2 if stereo else 1)
+        assert w.getnframes() == 2 * 32000
+
+
+def test_mbd_refused_clearly_when_turned_off(server_factory: ServerFactory, mono_model: Any) -> None:
+    server = server_factory(mono_model, "--no-mbd", "--max-duration", "5")
+    r = requests.post(f"{server.url}/api/music", json={"description": "x", "duration": 1, "mbd": True}, timeout=10)
     assert r.status_code == 400
-    assert "mbd" in r.json()["error"] and "not available" in r.json()["error"]
-    wait_healthy(mono_server.url, within=2)
+    assert "mbd" in r.json()["error"] and "--no-mbd" in r.json()["error"]
+    wait_healthy(server.url, within=2)
 
 
 def test_unknown_route_is_json_404(mono_server: Server) -> None:

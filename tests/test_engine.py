@@ -129,14 +129,16 @@ def test_sampling_follows_the_distribution() -> None:
 
 
 def test_pipeline_rejects_prompt_over_token_capacity(mono_model: pathlib.Path) -> None:
-    pipeline = build_pipeline(Settings(model=str(mono_model), device="cpu", max_text_tokens=8, max_duration=2))
+    pipeline = build_pipeline(
+        Settings(model=str(mono_model), device="cpu", max_text_tokens=8, max_duration=2, mbd=False)
+    )
     with pytest.raises(ValueError, match="at most 8"):
         pipeline.check(GenerationParams("a long description that makes many text tokens", duration=1))
 
 
 def test_max_duration_beyond_positions_is_refused(mono_model: pathlib.Path) -> None:
     with pytest.raises(ValueError, match="--max-duration"):
-        build_pipeline(Settings(model=str(mono_model), device="cpu", max_duration=60))
+        build_pipeline(Settings(model=str(mono_model), device="cpu", max_duration=60, mbd=False))
 
 
 def test_stale_cache_contents_cannot_leak_into_a_request(bundle: MusicgenBundle) -> None:

@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     dtype: DType = "auto"  # auto: float16 on CUDA, float32 on CPU
     backend: Backend = "fast"  # fast: our decode loop; transformers: its generate(), kept as the reference
     compile: bool = True  # CUDA only: fuse the decode step with torch.compile before capturing it (slower start-up)
+    mbd: bool = True  # load MultiBand Diffusion at start-up so requests may ask for `mbd: true`
+    mbd_weights: str = "facebook/multiband-diffusion"  # hub repo (its mbd_musicgen_32khz.th) or a local .th file
     max_duration: int = Field(30, ge=1)  # longest clip a request may ask for, in seconds
     max_description_chars: int = Field(2000, ge=1)  # longest prompt accepted, in characters
     max_text_tokens: int = Field(512, ge=1)  # text-conditioning capacity (T5 was trained on 512 tokens)

@@ -1,0 +1,181 @@
+"""MultiBand Diffusion against audiocraft's own output, the checkpoint loader's refusals, and cancellation.
+
+The fixtures in tests/fixtures/mbd were made by audiocraft itself (see their README); the checkpoint goes through
+the same loader a user's `--mbd-weights` file does.
+"""
+
+import asyncio
+import pathlib
+import threading
+import time
+from typing import Any
+
+import pytest
+import torch
+from transformers import EncodecModel
+
+from musicgen_api.audio.codec import EncodecDecoder
+from musicgen_api.audio.mbd import MultiBandDiffusion, load_mbd
+from musicgen_api.audio.mbd_checkpoint import MBDLoadError, load_checkpoint
+from musicgen_api.config import Settings
+from musicgen_api.engine.params import GenerationParams
+from musicgen_api.pipeline import build_pipeline
+from musicgen_api.service import Completed, Failed, GenerationService
+from tests.conftest import MBD_FIXTURE
+
+FIXTURES = MBD_FIXTURE.parent
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, Any]:
+    return torch.load(FIXTURES / "mbd_tiny_io.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def codec() -> EncodecModel:
+    return EncodecModel.from_pretrained(FIXTURES / "codec").eval()
+
+
+@pytest.fixture(scope="module")
+def mbd(codec: EncodecModel) -> MultiBandDiffusion:
+    return load_mbd(str(MBD_FIXTURE), codec, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("case", ["mono", "stereo"])
+def test_matches_audiocraft(mbd: MultiBandDiffusion, reference: dict[str, Any], case: str) -> None:
+    data = reference["cases"][case]
+    noise = data["noise"]  # every draw audiocraft made, 20 per band in order
+
+    def replay(band: int, index: int, shape: torch.Size) -> torch.Tensor:
+        assert noise[20 * band + index].shape == shape
+        return noise[20 * band + index]
+
+    calls: list[int] = []
+    torch.testing.assert_close(mbd.latent(data["codes"]), data["emb"], atol=1e-6, rtol=0)
+    out = mbd.decode(data["codes"], data["codec_wav"], lambda: calls.append(1), replay)
+    torch.testing.assert_close(out, data["output"], atol=1e-5, rtol=0)
+    assert len(calls) == mbd.calls == 80
+
+
+def test_codec_reference_matches(codec: EncodecModel, reference: dict[str, Any]) -> None:
+    data = reference["cases"]["mono"]
+    wave = EncodecDecoder(codec, audio_channels=1).decode(data["codes"][0])
+    torch.testing.assert_close(wave, data["codec_wav"][0], atol=1e-5, rtol=0)
+
+
+def test_loader_names_missing_file() -> None:
+    with pytest.raises(MBDLoadError, match="--no-mbd"):
+        load_checkpoint("/nonexistent/mbd_musicgen_32khz.th")
+
+
+def test_loader_rejects_corrupt_file(tmp_path: pathlib.Path) -> None:
+    broken = tmp_path / "broken.th"
+    broken.write_bytes(MBD_FIXTURE.read_bytes()[:5000])
+    with pytest.raises(MBDLoadError, match="not a readable MultiBand Diffusion checkpoint"):
+        load_checkpoint(str(broken))
+
+
+class _Exploit:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (pathlib.Path.touch, (pathlib.Path("/tmp/musicgen-api-pickle-ran"),))
+
+
+def test_loader_never_runs_code_from_the_file(tmp_path: pathlib.Path) -> None:
+    marker = pathlib.Path("/tmp/musicgen-api-pickle-ran")
+    marker.unlink(missing_ok=True)
+    hostile = tmp_path / "hostile.th"
+    torch.save({"sample_rate": 32000, "n_bands": 1, 0: _Exploit()}, hostile)
+    with pytest.raises(MBDLoadError):
+        load_checkpoint(str(hostile))
+    assert not marker.exists()
+
+
+def test_loader_rejects_other_files(tmp_path: pathlib.Path) -> None:
+    other = tmp_path / "weights.th"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, other)
+    with pytest.raises(MBDLoadError, match="no sample_rate / n_bands"):
+        load_checkpoint(str(other))
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("diffusion_unet", "transformer", True, "transformer is not implemented"),
+        ("diffusion_unet", "bilstm", True, "bilstm is not implemented"),
+        ("diffusion_unet", "codec_dim", None, "unconditional"),
+        ("diffusion_unet", "dropout", 0.1, "dropout"),
+        ("schedule", "repartition", "sigmoid", "repartition"),
+        ("processor", "name", "other_processor", "not implemented"),
+    ],
+)
+def test_unimplemented_variants_are_refused_by_name(
+    codec: EncodecModel, section: str, key: str, value: Any, message: str
+) -> None:
+    checkpoint = load_checkpoint(str(MBD_FIXTURE))
+    band = checkpoint.bands[3]  # processor on, so every section is in use
+    band.cfg[section][key] = value
+    with pytest.raises(MBDLoadError, match=message):
+        MultiBandDiffusion(checkpoint, codec)
+
+
+def test_weights_for_another_codec_are_refused() -> None:
+    from transformers import EncodecConfig
+
+    config = EncodecConfig(
+        sampling_rate=32000, upsampling_ratios=[8, 5, 4, 4], codebook_dim=32, hidden_size=32, num_filters=4
+    )
+    wider = EncodecModel(config)
+    with pytest.raises(MBDLoadError, match="another codec"):
+        MultiBandDiffusion(load_checkpoint(str(MBD_FIXTURE)), wider)
+
+
+def test_stereo_pipeline_gives_two_channels(stereo_model: pathlib.Path) -> None:
+    settings = Settings(model=str(stereo_model), device="cpu", max_duration=2, mbd_weights=str(MBD_FIXTURE))
+    pipeline = build_pipeline(settings)
+    seen: list[tuple[int, int]] = []
+    wav = pipeline.render(GenerationParams("stereo pads", duration=1, mbd=True), lambda d, t: seen.append((d, t)))
+    import io
+    import wave
+
+    with wave.open(io.BytesIO(wav)) as w:
+        assert (w.getnchannels(), w.getnframes()) == (2, 32000)
+    fractions = [d / t for d, t in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1
+
+
+def test_cancel_during_diffusion_stops_within_one_pass(mono_model: pathlib.Path) -> None:
+    settings = Settings(model=str(mono_model), device="cpu", max_duration=10, mbd_weights=str(MBD_FIXTURE))
+    pipeline = build_pipeline(settings)
+    assert pipeline.mbd is not None
+    unet = pipeline.mbd.bands[1].unet
+    passes_after_cancel: list[int] = []
+    started, cancelled = threading.Event(), threading.Event()
+    original = unet.forward
+
+    def watched(*args: Any) -> torch.Tensor:
+        if cancelled.is_set():
+            passes_after_cancel.append(1)
+        started.set()
+        return original(*args)
+
+    unet.forward = watched  # type: ignore[method-assign]
+    service = GenerationService(pipeline)
+
+    async def run() -> list[Any]:
+        job = service.start(GenerationParams("cancel me", duration=10, mbd=True))
+        events = []
+        async for event in job.events():
+            events.append(event)
+            if started.is_set() and not cancelled.is_set():
+                cancelled.set()
+                job.cancel()
+        return events
+
+    began = time.monotonic()
+    events = asyncio.run(run())
+    service.shutdown()
+    assert isinstance(events[-1], Failed) and "cancelled" in events[-1].message
+    assert not any(isinstance(e, Completed) for e in events)
+    assert not service.busy
+    assert len(passes_after_cancel) <= 1
+    assert time.monotonic() - began < 60
