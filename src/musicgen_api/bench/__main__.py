@@ -2,6 +2,7 @@
 
     python -m musicgen_api.bench --models small medium large          # on a GPU
     python -m musicgen_api.bench --models tiny --device cpu --duration 5
+    python -m musicgen_api.bench --models --mbd --duration 30                # MultiBand Diffusion alone
 
 Random weights of the real shapes (`bench.random_model`), so no download is needed; decoding cost does not depend on
 the weights' values. Each run prints one JSON line: text in, WAV bytes out, wall time synchronised with the device.
@@ -17,8 +18,10 @@ from typing import Any
 
 import torch
 
+from musicgen_api.audio.codec import EncodecDecoder
+from musicgen_api.audio.mbd import MultiBandDiffusion
 from musicgen_api.audio.wav import to_wav_bytes
-from musicgen_api.bench.random_model import build_random_musicgen, build_tokenizer
+from musicgen_api.bench.random_model import build_random_codec, build_random_mbd, build_random_musicgen, build_tokenizer
 from musicgen_api.engine.conditioning import TextConditioner
 from musicgen_api.engine.delay import sequence_length
 from musicgen_api.engine.fast import FastEngine
@@ -173,12 +176,43 @@ def bench_model(name: str, args: argparse.Namespace, out: Any) -> None:
         torch.cuda.empty_cache()
 
 
+def bench_mbd(args: argparse.Namespace, out: Any) -> None:
+    """MultiBand Diffusion of the published shape decoding `--duration` seconds of random codes."""
+    device = resolve_device(args.device)
+    codec = build_random_codec(args.mbd_codec, device=str(device))
+    checkpoint = build_random_mbd(int(codec.config.codebook_dim or 0), hidden=args.mbd_hidden)
+    mbd = MultiBandDiffusion(checkpoint, codec).to(device).eval()
+    params = sum(p.numel() for band in mbd.bands for p in band.parameters())
+    frames = args.duration * 50
+    codes = torch.randint(0, int(codec.config.codebook_size), (1, 4, frames), device=device)
+    reference = EncodecDecoder(codec, 1).decode(codes[0])[:, None, :]
+    marks: list[float] = []
+
+    def on_call() -> None:
+        sync(device)
+        marks.append(time.perf_counter())
+
+    mbd.decode(codes[:, :, : min(frames, 50)], reference[..., : min(frames, 50) * 640], lambda: None)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    wall, _ = timed(device, lambda: mbd.decode(codes, reference, on_call))
+    start = marks[0] - (marks[1] - marks[0])  # the first pass's start, estimated from the second's length
+    per_band = len(marks) // len(mbd.bands)
+    ends = [marks[(i + 1) * per_band - 1] for i in range(len(mbd.bands))]
+    band_seconds = [end - begin for begin, end in zip([start, *ends[:-1]], ends, strict=True)]
+    emit({"model": f"mbd-hidden{args.mbd_hidden}", "device": torch.cuda.get_device_name() if device.type == "cuda"
+          else "cpu", "dtype": "float32", "params_m": params / 1e6, "audio_seconds": args.duration,
+          "unet_passes": len(marks), "wall_s": wall, "ms_per_pass": 1000 * wall / len(marks),
+          "band_share": [round(b / sum(band_seconds), 3) for b in band_seconds],
+          "peak_gpu_gib": torch.cuda.max_memory_allocated() / GIB if device.type == "cuda" else None}, out)  # fmt: skip
+
+
 START = time.perf_counter()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m musicgen_api.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["small", "medium", "large"], help="small medium large tiny")
+    parser.add_argument("--models", nargs="*", default=["small", "medium", "large"], help="small medium large tiny")
     parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     parser.add_argument("--duration", type=int, default=30, help="seconds of audio per fast-engine run")
@@ -189,12 +223,17 @@ def main() -> None:
     parser.add_argument("--text-tokens", type=int, default=512, help="text-conditioning capacity, as the server's")
     parser.add_argument("--profile", action="store_true", help="add a per-kernel GPU profile of one decode step")
     parser.add_argument("--budget-s", type=float, default=float("inf"), help="start no new variant after this")
+    parser.add_argument("--mbd", action="store_true", help="also time MultiBand Diffusion on --duration seconds")
+    parser.add_argument("--mbd-hidden", type=int, default=48, help="MBD U-Net width (48 is the published shape)")
+    parser.add_argument("--mbd-codec", default="small", help="codec shape the MBD is conditioned on (tiny on CPU)")
     parser.add_argument("--out", type=argparse.FileType("a"), help="also append the JSON lines to this file")
     args = parser.parse_args()
     if args.reference_duration is None:
         args.reference_duration = args.duration
     for name in args.models:
         bench_model(name, args, args.out)
+    if args.mbd:
+        bench_mbd(args, args.out)
     sys.exit(0)
 
 

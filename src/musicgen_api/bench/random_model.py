@@ -10,11 +10,13 @@ at a tiny size that runs in milliseconds on a CPU; `save_random_musicgen` writes
 import math
 import pathlib
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     EncodecConfig,
+    EncodecModel,
     GenerationConfig,
     MusicgenConfig,
     MusicgenDecoderConfig,
@@ -22,6 +24,8 @@ from transformers import (
     PreTrainedTokenizerFast,
     T5Config,
 )
+
+from musicgen_api.audio.mbd_checkpoint import BandCheckpoint, MBDCheckpoint
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"  # ids 0, 1, 2 as in T5
 SAMPLING_RATE = 32_000
@@ -166,6 +170,63 @@ def build_config(shape: Shape, *, stereo: bool = False) -> MusicgenConfig:
     )  # fmt: skip
 
 
+def randomize_codebooks(codec: EncodecModel) -> None:
+    """EnCodec's codebooks start as zeros (the real ones are learned), which would make decoded audio independent of
+    the codes."""
+    with torch.no_grad():
+        for layer in codec.quantizer.layers:
+            codebook: Any = layer.codebook
+            codebook.embed.copy_(torch.randn_like(codebook.embed))
+            codebook.embed_avg.copy_(codebook.embed)
+
+
+def build_random_codec(shape: str, device: str = "cpu") -> EncodecModel:
+    with torch.device(device):
+        codec = EncodecModel(cast(EncodecConfig, build_config(SHAPES[shape]).audio_encoder)).eval()
+    randomize_codebooks(codec)
+    return codec
+
+
+# MultiBand Diffusion for MusicGen as audiocraft trains it (grids/diffusion/4_bands_base_32khz.py on the solver and
+# score-model defaults). The published file's U-Net is read from its own cfg at load time; its size points to
+# res_blocks 2 and the codec latent (128) as codec_dim, which is what is built here.
+MBD_UNET = dict(
+    hidden=48, depth=4, res_blocks=2, norm_groups=4, kernel=8, stride=4, growth=4, max_channels=10000, dropout=0.0,
+    emb_all_layers=True, bilstm=False, transformer=False, cross_attention=False,
+)  # fmt: skip
+MBD_SCHEDULE = dict(
+    repartition="power", beta_t0=1.0e-5, beta_t1=2.9e-2, beta_exp=7.5, num_steps=1000, variance="beta", clip=5.0,
+    rescale=1.0, n_bands=None, noise_scale=1.0,
+)  # fmt: skip
+MBD_POWER_STD = [None, None, 0.4, 0.75]  # bands 2 and 3 rescale their 8 mel bands; 0 and 1 use no processor
+
+
+def build_random_mbd(codec_dim: int, hidden: int = 48, seed: int = 0) -> MBDCheckpoint:
+    """Random weights in the published MBD layout for a codec of latent width `codec_dim`."""
+    from musicgen_api.audio.diffusion import MultiBandProcessor
+    from musicgen_api.audio.unet import DiffusionUnet, UnetConfig
+
+    bands: list[BandCheckpoint] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for power_std in MBD_POWER_STD:
+            processor = {"name": "multi_band_processor", "use": power_std is not None, "n_bands": 8,
+                         "num_samples": 10000, "power_std": power_std or 0.4}  # fmt: skip
+            cfg = {"channels": 1, "diffusion_unet": {**MBD_UNET, "hidden": hidden, "codec_dim": codec_dim},
+                   "schedule": dict(MBD_SCHEDULE), "processor": processor}  # fmt: skip
+            unet = DiffusionUnet(UnetConfig.from_cfg(cfg, len(bands)))
+            state: dict[str, torch.Tensor] = {}
+            if power_std is not None:
+                stats = MultiBandProcessor(SAMPLING_RATE, 8, power_std)
+                stats.counts.fill_(10000)
+                stats.sum_x.copy_(torch.randn(8) * 10)
+                stats.sum_x2.copy_(stats.sum_x**2 / 10000 + torch.rand(8) * 1000 + 100)
+                stats.sum_target_x2.copy_(torch.rand(8) * 1000 + 100)
+                state = stats.state_dict()
+            bands.append(BandCheckpoint(cfg, unet.state_dict(), state))
+    return MBDCheckpoint(sample_rate=SAMPLING_RATE, bands=bands)
+
+
 def build_random_musicgen(
     shape: str, *, stereo: bool = False, seed: int = 1234, device: str = "cpu", dtype: torch.dtype = torch.float32
 ) -> MusicgenForConditionalGeneration:
@@ -180,11 +241,7 @@ def build_random_musicgen(
             model = MusicgenForConditionalGeneration(config).eval()
         finally:
             torch.set_default_dtype(previous)
-        # EnCodec's codebooks start as zeros (the real ones are learned), which would make the decoded audio
-        # independent of the codes.
-        for layer in model.audio_encoder.quantizer.layers:
-            layer.codebook.embed.copy_(torch.randn_like(layer.codebook.embed))
-            layer.codebook.embed_avg.copy_(layer.codebook.embed)
+        randomize_codebooks(model.audio_encoder)
     start = dims.codebook_size
     model.generation_config = GenerationConfig(
         do_sample=True, guidance_scale=3.0, max_length=1500,
