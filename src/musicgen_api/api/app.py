@@ -1,4 +1,5 @@
-"""Builds the FastAPI application: the spec's two routes over a GenerationService."""
+"""Builds the FastAPI application: the spec's two routes over a GenerationService, the server's limits, and the
+web page at `/`."""
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ from musicgen_api.api.schema import MusicRequest, parse_music_request
 from musicgen_api.api.sse import job_stream
 from musicgen_api.config import Settings
 from musicgen_api.service import GenerationService
+from musicgen_api.web import install_web_page
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # keep proxies from buffering the stream
 
@@ -48,10 +50,20 @@ def create_app(service: GenerationService, settings: Settings) -> FastAPI:
             return JSONResponse({"status": "busy"}, status_code=503)
         return JSONResponse({"status": "healthy"})
 
+    @app.get("/api/limits")
+    async def limits() -> dict[str, int | bool]:
+        """What this server accepts, so clients (the web page) can show it before asking."""
+        return {
+            "max_duration": settings.max_duration,
+            "max_description_chars": settings.max_description_chars,
+            "mbd_available": settings.mbd,
+        }
+
     @app.post("/api/music", openapi_extra=MUSIC_OPENAPI)
     async def music(request: Request) -> StreamingResponse:
         params = parse_music_request(await request.body(), settings.max_duration, settings.max_description_chars)
         job = service.start(params)
         return StreamingResponse(job_stream(job), media_type="text/event-stream", headers=SSE_HEADERS)
 
+    install_web_page(app)
     return app

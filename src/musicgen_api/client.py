@@ -1,0 +1,123 @@
+"""HTTP client for a running musicgen-api server: its health, and one generation read as a stream of events.
+
+The `generate` and `health` commands use it. It speaks only the public API (the same bytes any other client sees)
+and imports neither torch nor the server, so the commands start at once on machines without either. Every failure
+a user can meet is one exception type whose message says what to do next: the server's own `InvalidRequest`,
+`Busy` and `GenerationFailed`, and `ServerUnreachable` for the network.
+"""
+
+import base64
+import json
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import httpx
+
+from musicgen_api.errors import Busy, GenerationFailed, InvalidRequest
+
+CONNECT_TIMEOUT_S = 10.0
+# Longest silence tolerated mid-stream. The server sends an event per percent of progress, so only a stalled server
+# or a dead network stays quiet this long; generous because a big model on a CPU is slow, and MBD decodes at the end.
+READ_TIMEOUT_S = 600.0
+
+
+class ServerUnreachable(ConnectionError):
+    """No answer from the server, or the connection dropped before the clip arrived."""
+
+
+def _timeout() -> httpx.Timeout:
+    return httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+
+
+def _unreachable(url: str, exc: httpx.TransportError) -> ServerUnreachable:
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return ServerUnreachable(
+            f"cannot reach {url} ({exc}); is `musicgen-api serve` running there? (pass its address with --url)"
+        )
+    reason = str(exc) or type(exc).__name__
+    return ServerUnreachable(f"lost the connection to {url} ({reason}); check that the server still runs, then retry")
+
+
+def health(url: str) -> str:
+    """The server's status, "healthy" or "busy"; ServerUnreachable if it does not answer like a musicgen-api."""
+    url = url.rstrip("/")
+    try:
+        response = httpx.get(f"{url}/api/healthcheck", timeout=CONNECT_TIMEOUT_S)
+    except httpx.TransportError as exc:
+        raise _unreachable(url, exc) from exc
+    try:
+        status = response.json()["status"]
+    except (ValueError, KeyError, TypeError):
+        status = None
+    if status not in ("healthy", "busy"):
+        raise ServerUnreachable(
+            f"{url}/api/healthcheck answered HTTP {response.status_code} without a status; "
+            "is --url the address of a musicgen-api server?"
+        )
+    return str(status)
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Split a byte stream on newlines in linear time (a completed event is one line of megabytes of base64)."""
+    pending: list[bytes] = []
+    for chunk in chunks:
+        *ended, rest = chunk.split(b"\n")
+        for piece in ended:
+            pending.append(piece)
+            yield b"".join(pending).rstrip(b"\r")
+            pending = []
+        pending.append(rest)
+
+
+def _refusal(url: str, response: httpx.Response) -> Exception:
+    """The exception for a non-200 answer to POST /api/music."""
+    response.read()
+    try:
+        message = str(response.json()["error"])
+    except (ValueError, KeyError, TypeError):
+        message = f"HTTP {response.status_code} {response.reason_phrase}"
+    if response.status_code == 400:
+        return InvalidRequest(f"the server refused the request: {message}")
+    if response.status_code == 503:
+        wait = response.headers.get("Retry-After", "a few")
+        return Busy(
+            f"the server is busy with another generation; try again in {wait} s "
+            "(`musicgen-api health` exits 0 once it is free)"
+        )
+    if response.status_code == 404:
+        return ServerUnreachable(f"{url}/api/music does not exist; is --url the address of a musicgen-api server?")
+    return GenerationFailed(f"the server failed before starting: {message}; its log has the details")
+
+
+def _events(url: str, response: httpx.Response) -> Iterator[dict[str, Any]]:
+    """The JSON payloads of the stream's `data:` lines, in order."""
+    for line in _lines(response.iter_bytes()):
+        if line.startswith(b"data: "):
+            try:
+                yield json.loads(line[len(b"data: ") :])
+            except ValueError as exc:
+                raise GenerationFailed(f"{url} sent an unreadable event ({exc}); is it a musicgen-api server?") from exc
+
+
+def generate(url: str, params: dict[str, Any], on_progress: Callable[[int], None]) -> bytes:
+    """POST one generation and return the WAV bytes, calling `on_progress(percent)` as the server reports it.
+
+    Leaving early (an exception, Ctrl-C's KeyboardInterrupt) closes the connection, which stops the generation on
+    the server and frees it for the next request.
+    """
+    url = url.rstrip("/")
+    headers = {"Accept": "text/event-stream"}
+    try:
+        with httpx.stream("POST", f"{url}/api/music", json=params, headers=headers, timeout=_timeout()) as response:
+            if response.status_code != 200:
+                raise _refusal(url, response)
+            for event in _events(url, response):
+                if "error" in event:
+                    raise GenerationFailed(f"generation failed on the server: {event['error']}")
+                if event.get("status") == "generating":
+                    on_progress(int(event["progress"]))
+                elif event.get("status") == "completed":
+                    return base64.b64decode(event["audio_data"], validate=True)
+    except httpx.TransportError as exc:
+        raise _unreachable(url, exc) from exc
+    raise ServerUnreachable(f"the connection to {url} closed before the clip arrived; check the server, then retry")

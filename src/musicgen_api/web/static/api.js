@@ -1,0 +1,108 @@
+// The server's public API as the page uses it: limits, health, and one generation read from the SSE stream.
+// POST /api/music answers with an event stream, which EventSource cannot request (it only GETs), so the stream is
+// read with fetch's body reader. URLs are relative, so the page also works behind a proxy under a path prefix.
+
+/** The server refused to start (400 bad input, 503 busy, 500): `status` and the server's own `message`. */
+export class Refused extends Error {
+  constructor(status, message, retryAfter) {
+    super(message);
+    this.status = status;
+    this.retryAfter = retryAfter;
+  }
+}
+
+/** The generation started but ended with the server's {"error": ...} event. */
+export class Failed extends Error {}
+
+/** No answer, or the connection dropped before the clip arrived. */
+export class Unreachable extends Error {}
+
+/** {max_duration, max_description_chars}, or null when the server does not say. */
+export async function fetchLimits() {
+  try {
+    const response = await fetch("api/limits");
+    return response.ok ? await response.json() : null;
+  } catch {
+    return null;
+  }
+}
+
+/** "healthy", "busy" or "offline". */
+export async function fetchHealth() {
+  try {
+    const response = await fetch("api/healthcheck", { cache: "no-store" });
+    const body = await response.json();
+    return body.status === "healthy" || body.status === "busy" ? body.status : "offline";
+  } catch {
+    return "offline";
+  }
+}
+
+async function refusal(response) {
+  let message = `HTTP ${response.status} ${response.statusText}`.trim();
+  try {
+    message = (await response.json()).error || message;
+  } catch {
+    // not JSON: keep the status line
+  }
+  return new Refused(response.status, message, Number(response.headers.get("Retry-After")) || null);
+}
+
+/** The JSON payloads of the stream's `data:` lines. Splits only each new chunk, so the megabytes-long last line
+ * (the base64 WAV) costs linear time. */
+async function* events(body) {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let pending = [];
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    const pieces = decoder.decode(value, { stream: true }).split("\n");
+    for (const piece of pieces.slice(0, -1)) {
+      pending.push(piece);
+      const line = pending.join("").replace(/\r$/, "");
+      pending = [];
+      if (line.startsWith("data: ")) yield JSON.parse(line.slice(6));
+    }
+    pending.push(pieces[pieces.length - 1]);
+  }
+}
+
+function decodeBase64(text) {
+  const binary = atob(text);
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}
+
+/**
+ * Run one generation: resolves with the WAV bytes, calls onProgress(percent) on the way.
+ * Aborting `signal` closes the connection, which stops the generation on the server; the promise then rejects
+ * with the AbortError.
+ */
+export async function generate(params, { signal, onProgress }) {
+  let response;
+  try {
+    response = await fetch("api/music", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+      body: JSON.stringify(params),
+      signal,
+    });
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw new Unreachable("Cannot reach the server. Check that musicgen-api is running, then try again.");
+  }
+  if (!response.ok) throw await refusal(response);
+  try {
+    for await (const event of events(response.body)) {
+      if ("error" in event) throw new Failed(event.error);
+      if (event.status === "generating") onProgress(event.progress);
+      if (event.status === "completed") return decodeBase64(event.audio_data);
+    }
+  } catch (error) {
+    if (error instanceof Failed || error.name === "AbortError") throw error;
+    throw new Unreachable(`The connection broke (${error.message}). Check the server, then try again.`);
+  }
+  throw new Unreachable("The server closed the connection before the clip was ready. Check it, then try again.");
+}

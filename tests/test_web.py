@@ -1,0 +1,183 @@
+"""The web page in a real headless Chromium (Debian's, driven by Playwright) against a real server on the tiny model:
+generate with live progress, a playable clip of the right length, download name, history, Cancel, the 400 and 503
+messages, the server's limits, a phone-sized screen. Screenshots of the finished state go to artifacts/."""
+
+import io
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from playwright.sync_api import Browser, Page, Route, sync_playwright
+
+from tests.conftest import Server
+from tests.test_api import wait_healthy
+from tests.test_client_cli import generation_running
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--mute-audio",
+    "--autoplay-policy=no-user-gesture-required",
+]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+PROMPT = "lofi hip hop with warm piano"
+
+# Records every value the progress bar shows, in order.
+WATCH_PROGRESS = """() => {
+  window.progressSeen = [];
+  const bar = document.querySelector('#progress');
+  new MutationObserver(() => window.progressSeen.push(Number(bar.getAttribute('aria-valuenow'))))
+    .observe(bar, {attributes: true, attributeFilter: ['aria-valuenow']});
+}"""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium: apt-get install chromium (.ci/run installs it)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def open_page(browser: Browser, url: str, errors: list[str]) -> Page:
+    """A fresh browser profile (empty history) on the page, once it has read the server's limits and health."""
+    page = browser.new_context(viewport={"width": 900, "height": 1000}).new_page()
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(url)
+    page.wait_for_function("document.querySelector('#server-status').dataset.state === 'healthy'")
+    return page
+
+
+@pytest.fixture
+def page(browser: Browser, mono_server: Server) -> Iterator[Page]:
+    errors: list[str] = []
+    page = open_page(browser, mono_server.url, errors)
+    yield page
+    page.context.close()
+    assert errors == [], "the page threw"
+
+
+def generate(page: Page, prompt: str, seconds: int) -> None:
+    page.fill("#description", prompt)
+    page.fill("#duration", str(seconds))
+    page.evaluate(WATCH_PROGRESS)
+    page.click("#generate")
+
+
+def test_generate_shows_progress_and_a_playable_clip(page: Page, mono_server: Server) -> None:
+    generate(page, PROMPT, 3)
+    page.wait_for_function("document.querySelector('#player').readyState >= 1", timeout=60_000)
+
+    seen = page.evaluate("window.progressSeen")
+    assert seen == sorted(seen) and seen[-1] == 100
+    assert any(0 < percent < 100 for percent in seen), seen
+    player = page.locator("#player")
+    assert player.evaluate("a => a.error") is None
+    assert player.evaluate("a => a.duration") == pytest.approx(3, abs=0.01)
+    player.evaluate("a => a.play()")
+    page.wait_for_function("document.querySelector('#player').currentTime > 0.1", timeout=10_000)
+    player.evaluate("a => a.pause()")
+
+    download = page.locator("#download")
+    assert download.get_attribute("download") == "lofi-hip-hop-with-warm-piano.wav"
+    wav = bytes(page.evaluate("async url => [...new Uint8Array(await (await fetch(url)).arrayBuffer())]",
+                              download.get_attribute("href")))  # fmt: skip
+    with wave.open(io.BytesIO(wav), "rb") as w:
+        assert (w.getframerate(), w.getnchannels(), w.getnframes()) == (32000, 1, 3 * 32000)
+    assert page.locator("#result-meta").inner_text().startswith("3.0 s · mono · 32 kHz · made in ")
+    painted = page.evaluate(
+        "() => { const c = document.querySelector('#waveform');"
+        " return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.filter((v, i) => i % 4 == 3 && v)"
+        ".length; }"
+    )
+    assert painted > 1000, "the waveform was not drawn"
+    assert page.locator("#history li").count() == 1
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-finished.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_timeout(200)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, "the page scrolls sideways on a phone"
+    page.screenshot(path=str(ARTIFACTS / "web-phone.png"), full_page=True)
+
+    page.reload()  # the history is kept in the browser
+    page.locator("#history li .clip-open").click()
+    page.wait_for_function("document.querySelector('#player').duration === 3")
+    assert page.locator("#result-title").inner_text() == PROMPT
+
+
+def test_cancel_stops_the_generation_on_the_server(page: Page, mono_server: Server) -> None:
+    generate(page, "a long piece to cancel", 30)
+    page.wait_for_function("Number(document.querySelector('#progress').getAttribute('aria-valuenow')) >= 3")
+    page.click("#cancel")
+    page.wait_for_selector("#message:has-text('Cancelled')")
+    wait_healthy(mono_server.url, within=3)
+    assert "cancelled" in mono_server.log()
+    assert page.locator("#generate").is_enabled() and page.locator("#cancel").is_hidden()
+    assert page.locator("#result").is_hidden() and page.locator("#history li").count() == 0
+
+
+def test_bad_input_shows_the_server_message(page: Page, mono_server: Server) -> None:
+    page.fill("#description", "   ")
+    page.click("#generate")
+    assert "describe the music first" in page.locator("#message").inner_text()
+
+    page.fill("#description", "x")
+    page.click("summary")
+    page.fill("input[name=temperature]", "0")
+    page.click("#generate")
+    message = page.locator("#message")
+    message.filter(has_text="temperature must be").wait_for()
+    assert message.get_attribute("data-kind") == "error"
+    assert "Not accepted: temperature must be a finite number greater than 0" in message.inner_text()
+    assert page.locator("input[name=temperature]").get_attribute("aria-invalid") == "true"
+    assert requests.get(f"{mono_server.url}/api/healthcheck", timeout=5).status_code == 200
+
+
+def test_busy_server_is_explained(page: Page, mono_server: Server) -> None:
+    with generation_running(mono_server.url):
+        page.fill("#description", "x")
+        page.click("#generate")
+        page.locator("#message").filter(has_text="busy").wait_for()
+        assert "Try again in 5 s" in page.locator("#message").inner_text()
+        assert page.locator("#generate").is_enabled()
+
+
+def test_page_shows_the_servers_limits(page: Page, browser: Browser, mono_server: Server) -> None:
+    limits = requests.get(f"{mono_server.url}/api/limits", timeout=5).json()
+    assert set(limits) == {"max_duration", "max_description_chars", "mbd_available"}
+    assert page.locator("#duration").get_attribute("max") == str(limits["max_duration"])
+    assert page.locator("#description").get_attribute("maxlength") == str(limits["max_description_chars"])
+    assert page.locator("input[name=mbd]").is_enabled() == limits["mbd_available"]
+
+    def other_limits(route: Route) -> None:
+        route.fulfill(json={"max_duration": 8, "max_description_chars": 50, "mbd_available": False})
+
+    context = browser.new_context()
+    context.route("**/api/limits", other_limits)
+    page = context.new_page()
+    page.goto(mono_server.url)
+    page.wait_for_function("document.querySelector('#duration').max === '8'")
+    assert page.locator("#duration").input_value() == "8"
+    assert page.locator("#description").get_attribute("maxlength") == "50"
+    assert page.locator("#char-count").inner_text() == "0 / 50"
+    assert page.locator("input[name=mbd]").is_disabled()
+    context.close()
+
+
+def test_page_and_assets_are_served(mono_server: Server) -> None:
+    page = requests.get(mono_server.url, timeout=5)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for asset in ("style.css", "app.js", "api.js", "wav.js", "waveform.js", "history.js"):
+        r = requests.get(f"{mono_server.url}/static/{asset}", timeout=5)
+        assert r.status_code == 200 and r.headers["cache-control"] == "no-cache", asset
+    assert requests.get(f"{mono_server.url}/static/__init__.py", timeout=5).status_code == 404
