@@ -32,7 +32,7 @@ def main() -> None:
         device = torch.device(args.device)
         bundle = MusicgenBundle(model=model, tokenizer=build_tokenizer(), device=device, dtype=dtype)
         conditioner = TextConditioner(bundle, max_tokens=512)
-        engine = FastEngine(bundle, conditioner, max_duration=4)
+        engine = FastEngine(bundle, conditioner, window_seconds=4)
         greedy = GenerationParams("80s pop track with bassy drums and synth", duration=4, top_k=1)
         ours = engine.generate(greedy, ignore)
         theirs = TransformersEngine(bundle, conditioner).generate(greedy, ignore)

@@ -32,7 +32,7 @@ def bundle(request: pytest.FixtureRequest) -> MusicgenBundle:
 def test_greedy_codes_match_transformers(bundle: MusicgenBundle, description: str, cfg_coef: float) -> None:
     conditioner = TextConditioner(bundle, max_tokens=64)
     params = GenerationParams(description, duration=2, top_k=1, cfg_coef=cfg_coef)
-    fast = FastEngine(bundle, conditioner, max_duration=3).generate(params, no_progress)
+    fast = FastEngine(bundle, conditioner, window_seconds=3).generate(params, no_progress)
     reference = TransformersEngine(bundle, conditioner).generate(params, no_progress)
     assert fast.shape == (bundle.num_codebooks, 100)
     assert torch.equal(fast, reference)
@@ -55,7 +55,7 @@ def test_teacher_forced_logits_match_transformers(bundle: MusicgenBundle) -> Non
 
 
 def test_fixed_seed_reproduces_codes_and_sampling_varies(bundle: MusicgenBundle) -> None:
-    engine = FastEngine(bundle, TextConditioner(bundle, max_tokens=64), max_duration=2)
+    engine = FastEngine(bundle, TextConditioner(bundle, max_tokens=64), window_seconds=2)
     params = GenerationParams("jazz trio", duration=1, top_k=50)
     runs = []
     for seed in (7, 7, 8):
@@ -66,7 +66,7 @@ def test_fixed_seed_reproduces_codes_and_sampling_varies(bundle: MusicgenBundle)
 
 
 def test_progress_reaches_every_step_and_cancellation_stops(bundle: MusicgenBundle) -> None:
-    engine = FastEngine(bundle, TextConditioner(bundle, max_tokens=64), max_duration=2)
+    engine = FastEngine(bundle, TextConditioner(bundle, max_tokens=64), window_seconds=2)
     params = GenerationParams("x", duration=1)
     seen: list[int] = []
     engine.generate(params, lambda done, total: seen.append(done))
@@ -137,14 +137,14 @@ def test_pipeline_rejects_prompt_over_token_capacity(mono_model: pathlib.Path) -
 
 
 def test_max_duration_beyond_positions_is_refused(mono_model: pathlib.Path) -> None:
-    with pytest.raises(ValueError, match="--max-duration"):
-        build_pipeline(Settings(model=str(mono_model), device="cpu", max_duration=60, mbd=False))
+    with pytest.raises(ValueError, match="--window"):
+        build_pipeline(Settings(model=str(mono_model), device="cpu", window=60, mbd=False))
 
 
 def test_stale_cache_contents_cannot_leak_into_a_request(bundle: MusicgenBundle) -> None:
     """Masked positions get weight 0, and 0 × NaN is NaN: whatever a previous request or the CUDA-graph warm-up
     left in the KV cache must not change the next request."""
-    engine = FastEngine(bundle, TextConditioner(bundle, max_tokens=64), max_duration=2)
+    engine = FastEngine(bundle, TextConditioner(bundle, max_tokens=64), window_seconds=2)
     params = GenerationParams("techno", duration=1, top_k=1)
     fresh = engine.generate(params, no_progress)
     for layer in engine.decoder.layers:

@@ -5,16 +5,18 @@ the same loader a user's `--mbd-weights` file does.
 """
 
 import asyncio
+import io
 import pathlib
 import threading
 import time
+import wave
 from typing import Any
 
 import pytest
 import torch
 from transformers import EncodecModel
 
-from musicgen_api.audio.codec import EncodecDecoder
+from musicgen_api.audio.codec import EncodecCodec
 from musicgen_api.audio.mbd import MultiBandDiffusion, load_mbd
 from musicgen_api.audio.mbd_checkpoint import MBDLoadError, load_checkpoint
 from musicgen_api.config import Settings
@@ -59,7 +61,7 @@ def test_matches_audiocraft(mbd: MultiBandDiffusion, reference: dict[str, Any], 
 
 def test_codec_reference_matches(codec: EncodecModel, reference: dict[str, Any]) -> None:
     data = reference["cases"]["mono"]
-    wave = EncodecDecoder(codec, audio_channels=1).decode(data["codes"][0])
+    wave = EncodecCodec(codec, audio_channels=1).decode(data["codes"][0])
     torch.testing.assert_close(wave, data["codec_wav"][0], atol=1e-5, rtol=0)
 
 
@@ -133,11 +135,8 @@ def test_stereo_pipeline_gives_two_channels(stereo_model: pathlib.Path) -> None:
     settings = Settings(model=str(stereo_model), device="cpu", max_duration=2, mbd_weights=str(MBD_FIXTURE))
     pipeline = build_pipeline(settings)
     seen: list[tuple[int, int]] = []
-    wav = pipeline.render(GenerationParams("stereo pads", duration=1, mbd=True), lambda d, t: seen.append((d, t)))
-    import io
-    import wave
-
-    with wave.open(io.BytesIO(wav)) as w:
+    audio = pipeline.render(GenerationParams("stereo pads", duration=1, mbd=True), lambda d, t: seen.append((d, t)))
+    with wave.open(io.BytesIO(audio.data)) as w:
         assert (w.getnchannels(), w.getnframes()) == (2, 32000)
     fractions = [d / t for d, t in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1

@@ -52,7 +52,17 @@ def _serve_parser(sub: Any) -> None:
         action=argparse.BooleanOptionalAction,
         help="CUDA: fuse the decode step with torch.compile before capturing it (default on; off starts faster)",
     )
-    serve.add_argument("--max-duration", type=int, help="longest clip a request may ask for, seconds (default 30)")
+    serve.add_argument(
+        "--mbd",
+        action=argparse.BooleanOptionalAction,
+        help="load MultiBand Diffusion so requests may ask for mbd: true (default on; --no-mbd skips it)",
+    )
+    serve.add_argument(
+        "--mbd-weights", help="hub repo or local file of the MBD weights (default facebook/multiband-diffusion)"
+    )
+    serve.add_argument("--max-duration", type=int, help="longest clip a request may ask for, seconds (default 120)")
+    serve.add_argument("--window", type=int, help="MusicGen's window, seconds; longer pieces are extended (default 30)")
+    serve.add_argument("--extend-stride", type=int, help="new seconds per window after the first (default 18)")
     serve.add_argument("--max-description-chars", type=int, help="longest prompt accepted, characters (default 2000)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
 
@@ -72,13 +82,14 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from musicgen_api.api.app import create_app
+    from musicgen_api.audio.mbd_checkpoint import MBDLoadError
     from musicgen_api.engine.loading import ModelLoadError
     from musicgen_api.pipeline import build_pipeline
     from musicgen_api.service import GenerationService
 
     try:
         pipeline = build_pipeline(settings)
-    except (ModelLoadError, ValueError) as exc:
+    except (ModelLoadError, MBDLoadError, ValueError) as exc:
         log.error("cannot start: %s", exc)
         return 2
     app = create_app(GenerationService(pipeline), settings)

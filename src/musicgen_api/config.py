@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     compile: bool = True  # CUDA only: fuse the decode step with torch.compile before capturing it (slower start-up)
     mbd: bool = True  # load MultiBand Diffusion at start-up so requests may ask for `mbd: true`
     mbd_weights: str = "facebook/multiband-diffusion"  # hub repo (its mbd_musicgen_32khz.th) or a local .th file
-    max_duration: int = Field(30, ge=1)  # longest clip a request may ask for, in seconds
+    max_duration: int = Field(120, ge=1)  # longest clip a request may ask for, in seconds
+    window: int = Field(30, ge=2)  # MusicGen's training window; longer pieces are made window by window
+    extend_stride: int = Field(18, ge=1)  # seconds of new audio per window after the first (audiocraft's default)
     max_description_chars: int = Field(2000, ge=1)  # longest prompt accepted, in characters
     max_text_tokens: int = Field(512, ge=1)  # text-conditioning capacity (T5 was trained on 512 tokens)
     retry_after_s: int = Field(5, ge=1)  # the Retry-After hint sent with 503 busy answers

@@ -1,35 +1,46 @@
-"""A request's whole path through the model: description → codes (engine) → waveform (audio) → WAV bytes.
+"""A request's whole path through the model: description (+ prompt audio) → codes (engine) → waveform (audio) →
+levelled, encoded file.
 
-This is the one object the generation slot drives. It chooses the decoder (EnCodec, or MultiBand Diffusion for
-`mbd: true`), reports whole-job progress, and turns failures the user can act on (out of memory, unsupported
-options) into the project's error types.
+This is the one object the generation slot drives. It seeds the sampler, makes long pieces window by window,
+chooses the decoder (EnCodec, or MultiBand Diffusion for `mbd: true`), reports whole-job progress, and turns
+failures the user can act on (out of memory, unsupported options) into the project's error types.
 """
 
 import logging
+import secrets
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from musicgen_api.audio.codec import EncodecDecoder
+from musicgen_api.audio.codec import EncodecCodec
+from musicgen_api.audio.formats import MIME_TYPES, decode_audio, encode_audio, probe_audio
+from musicgen_api.audio.loudness import normalize
 from musicgen_api.audio.mbd import MultiBandDiffusion, load_mbd
-from musicgen_api.audio.wav import to_wav_bytes
 from musicgen_api.config import Settings
 from musicgen_api.engine.conditioning import TextConditioner
-from musicgen_api.engine.delay import sequence_length
 from musicgen_api.engine.fast import FastEngine
 from musicgen_api.engine.loading import MusicgenBundle, load_musicgen
-from musicgen_api.engine.params import GenerationParams, StepHook
+from musicgen_api.engine.long_form import generate_long, plan_windows
+from musicgen_api.engine.params import FRAME_RATE, GenerationParams, RenderedAudio, StepHook
 from musicgen_api.engine.reference import TransformersEngine
 from musicgen_api.errors import GenerationFailed, InvalidRequest
 from musicgen_api.progress import JobProgress, StageCosts
 
 log = logging.getLogger(__name__)
 
+SEED_LIMIT = 2**63  # seeds are 0 ≤ seed < 2**63, what torch.manual_seed takes
+
 
 class CodeGenerator(Protocol):
-    def generate(self, params: GenerationParams, on_step: StepHook) -> Tensor: ...
+    num_codebooks: int
+    channels: int
+    supports_prompts: bool
+
+    def generate(
+        self, params: GenerationParams, on_step: StepHook, prompt: Tensor | None = None, frames: int | None = None
+    ) -> Tensor: ...
 
 
 class MusicPipeline:
@@ -39,21 +50,56 @@ class MusicPipeline:
         engine: CodeGenerator,
         conditioner: TextConditioner,
         mbd: MultiBandDiffusion | None = None,
+        window: int = 30,
+        stride: int = 18,
     ) -> None:
         self.bundle, self.engine, self.conditioner, self.mbd = bundle, engine, conditioner, mbd
-        self.codec = EncodecDecoder(bundle.codec, bundle.audio_channels)
+        self.codec = EncodecCodec(bundle.codec, bundle.audio_channels)
+        self.window, self.stride = window * FRAME_RATE, stride * FRAME_RATE  # in code frames
         self.costs = StageCosts()
 
     def check(self, params: GenerationParams) -> None:
-        """Refuse, before any work starts, what this server cannot do."""
+        """Refuse, before any work starts, what this server cannot do with this request."""
         if params.mbd and self.mbd is None:
             raise InvalidRequest(
                 'mbd: MultiBand Diffusion is turned off on this server (started with --no-mbd); send "mbd": false'
             )
+        if params.melody is not None:
+            raise InvalidRequest(
+                f"melody: this server's model ({self.bundle.source}) cannot use a melody. Melody conditioning needs a "
+                "MusicGen-Melody checkpoint (facebook/musicgen-melody, facebook/musicgen-melody-large or their "
+                "stereo variants), which this server does not load yet; leave melody out"
+            )
         self.conditioner.tokenize(params.description)
+        prompt_frames = self._check_prompt(params)
+        if (prompt_frames or params.frames > self.window) and not self.engine.supports_prompts:
+            raise InvalidRequest(
+                f"duration: pieces longer than {self.window // FRAME_RATE} s and audio_prompt need the fast backend; "
+                "this server runs --backend transformers"
+            )
 
-    def render(self, params: GenerationParams, on_progress: StepHook) -> bytes:
-        """WAV bytes of exactly `params.duration` seconds; `on_progress(done, total)` may raise to cancel."""
+    def _check_prompt(self, params: GenerationParams) -> int:
+        if params.audio_prompt is None:
+            return 0
+        try:
+            seconds, _ = probe_audio(params.audio_prompt)
+        except ValueError as exc:
+            raise InvalidRequest(f"audio_prompt: {exc}; send a base64 WAV, FLAC, MP3 or OGG file") from exc
+        frames = int(seconds * FRAME_RATE)
+        longest = self.window - FRAME_RATE
+        if frames < 1:
+            raise InvalidRequest(f"audio_prompt is {seconds:.3f} s long; send at least 0.02 s of audio")
+        if frames > longest:
+            raise InvalidRequest(f"audio_prompt is {seconds:.1f} s long; at most {longest / FRAME_RATE:.0f} s is used")
+        if params.return_prompt and frames >= params.frames:
+            raise InvalidRequest(
+                f"duration ({params.duration} s) must be longer than the audio_prompt ({seconds:.1f} s) it includes; "
+                'or send "return_prompt": false to get duration seconds of new audio after it'
+            )
+        return frames
+
+    def render(self, params: GenerationParams, on_progress: StepHook) -> RenderedAudio:
+        """The finished clip of exactly `params.duration` seconds; `on_progress(done, total)` may raise to cancel."""
         try:
             return self._render(params, on_progress)
         except torch.cuda.OutOfMemoryError as exc:
@@ -62,12 +108,20 @@ class MusicPipeline:
             if self.bundle.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def _render(self, params: GenerationParams, on_progress: StepHook) -> bytes:
+    def _render(self, params: GenerationParams, on_progress: StepHook) -> RenderedAudio:
+        seed = params.seed if params.seed is not None else secrets.randbelow(SEED_LIMIT)
+        torch.manual_seed(seed)  # seeds every device's generator: the sampler's and MBD's noise come from them
+        prompt = self._prompt_codes(params)
+        given = 0 if prompt is None else prompt.shape[1]
+        total = given + params.frames if not params.return_prompt else params.frames
         channels = self.bundle.audio_channels
-        steps = sequence_length(params.frames, self.bundle.num_codebooks, channels) - 1
+        tail = self.bundle.num_codebooks // channels - 1
+        steps = sum(new + tail for _, new in plan_windows(total, given, self.window, self.stride))
         mbd = self.mbd if params.mbd else None
-        progress = JobProgress(self.costs, on_progress, steps, params.duration, mbd.calls if mbd else 0)
-        codes = self.engine.generate(params, progress.token_step)
+        seconds = total / FRAME_RATE
+        progress = JobProgress(self.costs, on_progress, steps, seconds, mbd.calls if mbd else 0)
+
+        codes = generate_long(self.engine, params, progress.token_step, total, self.window, self.stride, prompt)
         self._sync()
         progress.stage_done("tokens")
         waveform = self.codec.decode(codes)  # [C, T]
@@ -82,11 +136,30 @@ class MusicPipeline:
             per_channel = torch.stack([codes[c::channels] for c in range(channels)])  # [C, K / C, F]
             waveform = mbd.decode(per_channel, waveform[:, None, :], on_call)[:, 0]
             progress.stage_done("diffusion")
-        samples = params.duration * self.bundle.sampling_rate
+
+        rate = self.bundle.sampling_rate
+        if not params.return_prompt:
+            waveform = waveform[:, given * self.codec.hop :]
+        samples = params.duration * rate
         waveform = F.pad(waveform[:, :samples], (0, max(0, samples - waveform.shape[1])))
-        wav = to_wav_bytes(waveform, self.bundle.sampling_rate)
+        waveform = normalize(waveform, rate, params.normalization)
+        data = encode_audio(waveform, rate, params.format)
         progress.finish()
-        return wav
+        return RenderedAudio(
+            data=data,
+            format=params.format,
+            mime_type=MIME_TYPES[params.format],
+            sample_rate=rate,
+            channels=channels,
+            duration=float(params.duration),
+            seed=seed,
+        )
+
+    def _prompt_codes(self, params: GenerationParams) -> Tensor | None:
+        if params.audio_prompt is None:
+            return None
+        waveform, rate = decode_audio(params.audio_prompt)
+        return self.codec.encode(waveform, rate)
 
     def _sync(self) -> None:
         if self.bundle.device.type == "cuda":
@@ -94,13 +167,17 @@ class MusicPipeline:
 
 
 def build_pipeline(settings: Settings) -> MusicPipeline:
+    if settings.extend_stride >= settings.window:
+        stride, window = settings.extend_stride, settings.window
+        raise ValueError(f"--extend-stride ({stride}) must be shorter than --window ({window})")
     bundle = load_musicgen(settings.model, settings.device, settings.dtype)
     conditioner = TextConditioner(bundle, settings.max_text_tokens)
+    window = min(settings.window, settings.max_duration)
     engine: CodeGenerator
     if settings.backend == "transformers":
         engine = TransformersEngine(bundle, conditioner)
     else:
-        engine = FastEngine(bundle, conditioner, settings.max_duration, compile_step=settings.compile)
+        engine = FastEngine(bundle, conditioner, window, compile_step=settings.compile)
         del bundle.model.decoder  # the fast engine now owns these weights; keep one copy in memory
     mbd = load_mbd(settings.mbd_weights, bundle.codec, bundle.device) if settings.mbd else None
-    return MusicPipeline(bundle, engine, conditioner, mbd)
+    return MusicPipeline(bundle, engine, conditioner, mbd, window, settings.extend_stride)

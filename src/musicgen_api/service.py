@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
-from musicgen_api.engine.params import GenerationCancelled, GenerationParams, StepHook
+from musicgen_api.engine.params import GenerationCancelled, GenerationParams, RenderedAudio, StepHook
 from musicgen_api.errors import Busy, GenerationFailed
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 class Renderer(Protocol):
     def check(self, params: GenerationParams) -> None: ...
-    def render(self, params: GenerationParams, on_progress: StepHook) -> bytes: ...
+    def render(self, params: GenerationParams, on_progress: StepHook) -> RenderedAudio: ...
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Progress:
 
 @dataclass(frozen=True)
 class Completed:
-    wav: bytes
+    audio: RenderedAudio
 
 
 @dataclass(frozen=True)
@@ -117,9 +117,9 @@ class GenerationService:
         log.info("job %s: %d s, %r", job.id, params.duration, params.description[:80])
         try:
             job.report(0, 1)
-            wav = self._renderer.render(params, job.report)
-            log.info("job %s: completed in %.2f s", job.id, time.perf_counter() - started)
-            job.emit(Completed(wav))
+            audio = self._renderer.render(params, job.report)
+            log.info("job %s: completed in %.2f s (seed %d)", job.id, time.perf_counter() - started, audio.seed)
+            job.emit(Completed(audio))
         except GenerationCancelled:
             log.info("job %s: cancelled after %.2f s", job.id, time.perf_counter() - started)
             job.emit(Failed("generation cancelled"))

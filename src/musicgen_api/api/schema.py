@@ -5,12 +5,14 @@ or `30.5` for an integer), non-finite numbers and unknown fields are refused, an
 names the field and says what to send.
 """
 
+import base64
+import binascii
 import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from musicgen_api.engine.params import GenerationParams
+from musicgen_api.engine.params import AudioFormat, GenerationParams, Normalization
 from musicgen_api.errors import InvalidRequest
 
 
@@ -24,6 +26,14 @@ class MusicRequest(BaseModel):
     top_p: float = Field(0.0, ge=0.0, le=1.0, allow_inf_nan=False, description="Nucleus sampling; 0 disables.")
     temperature: float = Field(1.0, gt=0.0, allow_inf_nan=False, description="Softmax temperature.")
     cfg_coef: float = Field(3.0, allow_inf_nan=False, description="Classifier-free guidance coefficient.")
+    seed: int | None = Field(None, ge=0, lt=2**63, description="Same seed, same request, same device: same audio.")
+    format: AudioFormat = Field("wav", description="Audio file format of audio_data.")
+    normalization: Normalization = Field(
+        "loudness", description="loudness: -14 LUFS with a limiter; peak: -1 dBFS; rms: -20 dBFS; clip; none."
+    )
+    audio_prompt: str | None = Field(None, description="Base64 audio file (WAV, FLAC, MP3, OGG) to continue.")
+    return_prompt: bool = Field(True, description="With audio_prompt: include the prompt in the returned audio.")
+    melody: str | None = Field(None, description="Base64 audio whose melody conditions the piece (melody models).")
 
 
 FIELD_RULES = {
@@ -34,6 +44,12 @@ FIELD_RULES = {
     "top_p": "a number from 0 to 1",
     "temperature": "a finite number greater than 0",
     "cfg_coef": "a finite number",
+    "seed": "an integer from 0 to 2**63 - 1",
+    "format": "one of wav, flac, mp3, ogg",
+    "normalization": "one of loudness, peak, rms, clip, none",
+    "audio_prompt": "a base64-encoded WAV, FLAC, MP3 or OGG file",
+    "return_prompt": "true or false",
+    "melody": "a base64-encoded WAV, FLAC, MP3 or OGG file",
 }
 
 
@@ -89,4 +105,22 @@ def parse_music_request(body: bytes, max_duration: int, max_description_chars: i
         temperature=request.temperature,
         cfg_coef=request.cfg_coef,
         mbd=request.mbd,
+        seed=request.seed,
+        format=request.format,
+        normalization=request.normalization,
+        audio_prompt=_base64("audio_prompt", request.audio_prompt),
+        return_prompt=request.return_prompt,
+        melody=_base64("melody", request.melody),
     )
+
+
+def _base64(field: str, text: str | None) -> bytes | None:
+    if text is None:
+        return None
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRequest(f"{field} must be {FIELD_RULES[field]}; it is not valid base64") from exc
+    if not data:
+        raise InvalidRequest(f"{field} must be {FIELD_RULES[field]}; it is empty")
+    return data

@@ -24,8 +24,19 @@ async def job_stream(job: Job) -> AsyncIterator[bytes]:
             match event:
                 case Progress(percent=percent):
                     yield frame({"status": "generating", "progress": percent})
-                case Completed(wav=wav):
-                    yield frame({"status": "completed", "audio_data": base64.b64encode(wav).decode("ascii")})
+                case Completed(audio=audio):
+                    yield frame(
+                        {
+                            "status": "completed",
+                            "audio_data": base64.b64encode(audio.data).decode("ascii"),
+                            "format": audio.format,
+                            "mime_type": audio.mime_type,
+                            "sample_rate": audio.sample_rate,
+                            "channels": audio.channels,
+                            "duration": audio.duration,
+                            "seed": audio.seed,
+                        }
+                    )
                 case Failed(message=message):
                     yield frame({"error": message})
     finally:

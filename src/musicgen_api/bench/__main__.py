@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from musicgen_api.audio.codec import EncodecDecoder
+from musicgen_api.audio.codec import EncodecCodec
 from musicgen_api.audio.mbd import MultiBandDiffusion
 from musicgen_api.audio.wav import to_wav_bytes
 from musicgen_api.bench.random_model import build_random_codec, build_random_mbd, build_random_musicgen, build_tokenizer
@@ -185,7 +185,7 @@ def bench_mbd(args: argparse.Namespace, out: Any) -> None:
     params = sum(p.numel() for band in mbd.bands for p in band.parameters())
     frames = args.duration * 50
     codes = torch.randint(0, int(codec.config.codebook_size), (1, 4, frames), device=device)
-    reference = EncodecDecoder(codec, 1).decode(codes[0])[:, None, :]
+    reference = EncodecCodec(codec, 1).decode(codes[0])[:, None, :]
     marks: list[float] = []
 
     def on_call() -> None:

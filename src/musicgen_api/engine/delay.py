@@ -25,8 +25,13 @@ def valid_positions(frames: int, length: int, num_codebooks: int, audio_channels
     return (t > delays) & (t <= delays + frames)
 
 
+def delayed_positions(frames: int, num_codebooks: int, audio_channels: int) -> Tensor:
+    """[K, frames]: the sequence position of codebook k's token for frame n."""
+    delays = codebook_delays(num_codebooks, audio_channels)
+    return delays[:, None] + 1 + torch.arange(frames)[None, :]
+
+
 def undelay(sequence: Tensor, frames: int, audio_channels: int) -> Tensor:
     """Delayed sequence [K, L] → aligned codes [K, frames]."""
-    delays = codebook_delays(sequence.shape[0], audio_channels).to(sequence.device)
-    index = delays[:, None] + 1 + torch.arange(frames, device=sequence.device)[None, :]
+    index = delayed_positions(frames, sequence.shape[0], audio_channels).to(sequence.device)
     return sequence.gather(1, index)

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from musicgen_api.engine.conditioning import TextConditioner
 from musicgen_api.engine.decoder import MusicgenDecoder
-from musicgen_api.engine.delay import sequence_length, undelay, valid_positions
+from musicgen_api.engine.delay import delayed_positions, sequence_length, undelay, valid_positions
 from musicgen_api.engine.loading import MusicgenBundle
 from musicgen_api.engine.params import FRAME_RATE, GenerationParams, StepHook
 from musicgen_api.engine.sampling import sample_next
@@ -26,21 +26,23 @@ PROGRESS_EVERY = 8  # on CUDA, steps between host syncs: progress and cancellati
 
 
 class FastEngine:
+    supports_prompts = True
+
     def __init__(
-        self, bundle: MusicgenBundle, conditioner: TextConditioner, max_duration: int, compile_step: bool = False
+        self, bundle: MusicgenBundle, conditioner: TextConditioner, window_seconds: int, compile_step: bool = False
     ) -> None:
         config = bundle.decoder_config
         self.bundle, self.conditioner = bundle, conditioner
         self.start_id = bundle.start_token_id
         self.channels = bundle.audio_channels
         self.num_codebooks = bundle.num_codebooks
-        self.max_frames = max_duration * FRAME_RATE
+        self.max_frames = window_seconds * FRAME_RATE  # the longest window: longer pieces are made window by window
         self.length = sequence_length(self.max_frames, self.num_codebooks, self.channels)
         if self.length > config.max_position_embeddings:
             longest = (config.max_position_embeddings - self.num_codebooks // self.channels) // FRAME_RATE
             raise ValueError(
-                f"--max-duration {max_duration} needs {self.length} decoder positions but this model has "
-                f"{config.max_position_embeddings}; use --max-duration {longest} or less"
+                f"a {window_seconds} s window needs {self.length} decoder positions but this model has "
+                f"{config.max_position_embeddings}; use --window {longest} or less"
             )
         self.decoder = MusicgenDecoder.from_transformers(bundle.model.decoder, config)
         self.decoder.setup_cache(batch=2, length=self.length)  # row 0 conditional, row 1 unconditional (CFG)
@@ -58,6 +60,7 @@ class FastEngine:
         self.cross_mask = torch.zeros(2, 1, 1, text_len, dtype=torch.bool, device=device)
         self.sequence = torch.full((1, self.num_codebooks, self.length), self.start_id, device=device)
         self.valid = torch.zeros(self.num_codebooks, self.length, dtype=torch.bool, device=device)
+        self.forced = torch.zeros(self.num_codebooks, self.length, dtype=torch.bool, device=device)  # prompt slots
         self.pos = torch.zeros(1, dtype=torch.long, device=device)
         self.cfg_coef = torch.tensor(3.0, device=device)
         self.temperature = torch.tensor(1.0, device=device)
@@ -98,6 +101,8 @@ class FastEngine:
         nxt = self.pos + 1
         keep = self.valid.index_select(1, nxt).T  # [1, K]
         sampled = torch.where(keep, sampled, self.start_id)
+        known = self.forced.index_select(1, nxt).T  # [1, K]: the delayed tail of a prompt is kept, not sampled
+        sampled = torch.where(known, self.sequence.index_select(2, nxt)[..., 0], sampled)
         self.sequence.index_copy_(2, nxt, sampled[..., None])
         self.pos.copy_(nxt)
 
@@ -116,8 +121,8 @@ class FastEngine:
         return graph
 
     @torch.no_grad()
-    def _prepare(self, params: GenerationParams) -> int:
-        """Load one request into the static buffers; returns the number of decode steps."""
+    def _prepare(self, params: GenerationParams, frames: int, prompt: Tensor | None) -> int:
+        """Load one window into the static buffers and prefill its prompt; returns the first decode position."""
         hidden, mask = self.conditioner.encode(params.description)  # [1, S, C], [1, S]
         s = hidden.shape[1]
         text = torch.zeros(2, self.conditioner.max_tokens, hidden.shape[-1], device=hidden.device, dtype=hidden.dtype)
@@ -127,29 +132,41 @@ class FastEngine:
             v_buf.copy_(v)
         self.cross_mask.zero_()
         self.cross_mask[:, 0, 0, :s] = mask[0]
-        frames = params.frames
         self.valid.copy_(valid_positions(frames, self.length, self.num_codebooks, self.channels))
         self.sequence.fill_(self.start_id)
-        self.pos.zero_()
+        self.forced.zero_()
         self.decoder.reset_cache()
         self.cfg_coef.fill_(params.cfg_coef)
         self.temperature.fill_(params.temperature)
         self.top_k.fill_(min(params.top_k, self.decoder.args.codebook_size))
         self.top_p.fill_(params.top_p)
-        return frames + self.num_codebooks // self.channels - 1
+        given = 0 if prompt is None else prompt.shape[1]
+        if prompt is not None and given:
+            slots = delayed_positions(given, self.num_codebooks, self.channels).to(self.sequence.device)
+            self.sequence[0].scatter_(1, slots, prompt.to(self.sequence.device))
+            self.forced.scatter_(1, slots, True)
+            tokens = self.sequence[:, :, :given].expand(2, -1, -1)  # positions 0 .. P-1, all known
+            self.decoder(tokens, torch.arange(given, device=tokens.device), self.cross, self.cross_mask)
+        self.pos.fill_(given)
+        return given
 
-    def generate(self, params: GenerationParams, on_step: StepHook) -> Tensor:
-        """Codes [K, frames] for one description; `on_step(done, steps)` may raise to stop early."""
-        if params.frames > self.max_frames:
-            raise ValueError(f"{params.duration} s is longer than this engine was built for")
-        steps = self._prepare(params)
+    def generate(
+        self, params: GenerationParams, on_step: StepHook, prompt: Tensor | None = None, frames: int | None = None
+    ) -> Tensor:
+        """Codes [K, frames] (default: the request's duration) for one window, starting with `prompt` [K, P] when
+        given; `on_step(done, steps)` may raise to stop early."""
+        frames = params.frames if frames is None else frames
+        if frames > self.max_frames:
+            raise ValueError(f"{frames} frames are longer than this engine's window of {self.max_frames}")
+        first = self._prepare(params, frames, prompt)
+        steps = sequence_length(frames, self.num_codebooks, self.channels) - 1 - first
         if self.graph is None:
             for t in range(steps):
                 self.step()
                 on_step(t + 1, steps)
         else:
             self._replay(steps, on_step)
-        return undelay(self.sequence[0], params.frames, self.channels)
+        return undelay(self.sequence[0], frames, self.channels)
 
     def _replay(self, steps: int, on_step: StepHook) -> None:
         """Keep one chunk of steps queued on the GPU while reporting the chunk before it."""

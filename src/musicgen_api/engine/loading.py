@@ -36,6 +36,7 @@ class MusicgenBundle:
     tokenizer: PreTrainedTokenizerBase
     device: torch.device
     dtype: torch.dtype
+    source: str = "(in memory)"  # the hub id or folder it was loaded from
 
     @property
     def decoder_config(self) -> MusicgenDecoderConfig:
@@ -102,7 +103,7 @@ def load_musicgen(source: str, device: Device = "auto", dtype: DType = "auto") -
             "on a machine with network access."
         ) from exc
     model.to(torch_device).eval()  # type: ignore[arg-type]  # transformers' stub types .to() narrowly
-    bundle = MusicgenBundle(model=model, tokenizer=tokenizer, device=torch_device, dtype=torch_dtype)
+    bundle = MusicgenBundle(model=model, tokenizer=tokenizer, device=torch_device, dtype=torch_dtype, source=source)
     log.info(
         "loaded %s on %s (%s) in %.1f s: %d codebooks, %d channel(s)",
         source,

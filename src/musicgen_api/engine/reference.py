@@ -32,14 +32,22 @@ class _StepWatcher(StoppingCriteria):
 
 
 class TransformersEngine:
+    supports_prompts = False  # one window from the text alone: no long pieces, no continuations
+
     def __init__(self, bundle: MusicgenBundle, conditioner: TextConditioner) -> None:
         self.bundle, self.conditioner = bundle, conditioner
+        self.num_codebooks, self.channels = bundle.num_codebooks, bundle.audio_channels
 
     @torch.no_grad()
-    def generate(self, params: GenerationParams, on_step: StepHook) -> Tensor:
+    def generate(
+        self, params: GenerationParams, on_step: StepHook, prompt: Tensor | None = None, frames: int | None = None
+    ) -> Tensor:
         """Codes [K, frames], sampled by transformers with the same parameters mapped to its names."""
+        if prompt is not None:
+            raise ValueError("the transformers backend does not continue prompts")
+        frames = params.frames if frames is None else frames
         channels = self.bundle.audio_channels
-        steps = params.frames + self.bundle.num_codebooks // channels - 1
+        steps = frames + self.bundle.num_codebooks // channels - 1
         watcher = _StepWatcher(steps, on_step)
         nucleus = params.top_p > 0
         tokens = self.conditioner.tokenize(params.description)
@@ -55,4 +63,4 @@ class TransformersEngine:
             stopping_criteria=StoppingCriteriaList([watcher]),
         )
         assert watcher.sequence is not None
-        return undelay(watcher.sequence, params.frames, channels)  # [K, steps + 1] before the pattern's padding
+        return undelay(watcher.sequence, frames, channels)  # [K, steps + 1] before the pattern's padding
