@@ -107,7 +107,10 @@ def test_event_sequence_and_wav(mono_server: Server, duration: int) -> None:
     progress = [e["progress"] for e in events[1:-1]]
     assert all(e["status"] == "generating" and isinstance(e["progress"], int) for e in events[1:-1])
     assert progress == sorted(progress) and progress[0] >= 0 and progress[-1] == 100
-    assert set(events[-1]) == {"status", "audio_data"} and events[-1]["status"] == "completed"
+    done = events[-1]
+    assert done["status"] == "completed" and done["format"] == "wav" and done["mime_type"] == "audio/wav"
+    assert (done["sample_rate"], done["channels"], done["duration"]) == (32000, 1, float(duration))
+    assert isinstance(done["seed"], int)
     with decode_wav(events[-1]["audio_data"]) as w:
         assert (w.getframerate(), w.getsampwidth(), w.getnchannels()) == (32000, 2, 1)
         assert w.getnframes() == duration * 32000
@@ -157,7 +160,7 @@ INVALID_BODIES: list[tuple[Any, str]] = [
     ({"description": "x", "cfg_coef": True}, "cfg_coef"),
     ({"description": "x", "cfg_coef": None}, "cfg_coef"),
     ({"description": "x", "temprature": 1.0}, "temprature"),
-    ({"description": "x", "seed": 3}, "seed"),
+    ({"description": "x", "sed": 3}, "sed"),
     ([{"description": "x"}], "JSON object"),
     ("just a string", "JSON object"),
     ({"description": "x" * 2001}, "2000"),
@@ -270,3 +273,12 @@ def test_disconnect_stops_generation_and_frees_the_slot(mono_server: Server) -> 
     events = stream_events(mono_server.url, {"description": "next one", "duration": 1})
     assert events[-1]["status"] == "completed"
     assert freed_after < 3
+
+
+def test_info_describes_model_and_limits(mono_server: Server, stereo_server: Server) -> None:
+    info = requests.get(f"{mono_server.url}/api/info", timeout=5).json()
+    assert (info["channels"], info["sample_rate"], info["melody"], info["window"]) == (1, 32000, False, 30)
+    assert (info["max_duration"], info["max_description_chars"], info["mbd_available"]) == (120, 2000, True)
+    assert info["fields"]["duration"]["maximum"] == 120 and info["fields"]["top_k"]["default"] == 250
+    assert set(info["fields"]) >= {"description", "duration", "mbd", "seed", "format", "audio_prompt"}
+    assert requests.get(f"{stereo_server.url}/api/info", timeout=5).json()["channels"] == 2

@@ -8,7 +8,7 @@ failures the user can act on (out of memory, unsupported options) into the proje
 
 import logging
 import secrets
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +57,17 @@ class MusicPipeline:
         self.codec = EncodecCodec(bundle.codec, bundle.audio_channels)
         self.window, self.stride = window * FRAME_RATE, stride * FRAME_RATE  # in code frames
         self.costs = StageCosts()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.bundle.source,
+            "channels": self.bundle.audio_channels,
+            "sample_rate": self.bundle.sampling_rate,
+            "melody": False,
+            "window": self.window // FRAME_RATE,
+            "backend": "fast" if self.engine.supports_prompts else "transformers",
+            "device": str(self.bundle.device),
+        }
 
     def check(self, params: GenerationParams) -> None:
         """Refuse, before any work starts, what this server cannot do with this request."""

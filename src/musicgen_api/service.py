@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from musicgen_api.engine.params import GenerationCancelled, GenerationParams, RenderedAudio, StepHook
 from musicgen_api.errors import Busy, GenerationFailed
@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 
 class Renderer(Protocol):
+    def describe(self) -> dict[str, Any]: ...
     def check(self, params: GenerationParams) -> None: ...
     def render(self, params: GenerationParams, on_progress: StepHook) -> RenderedAudio: ...
 
@@ -96,6 +97,10 @@ class GenerationService:
     @property
     def busy(self) -> bool:
         return self._slot.locked()
+
+    def describe(self) -> dict[str, Any]:
+        """The loaded model, as plain data."""
+        return self._renderer.describe()
 
     def start(self, params: GenerationParams) -> Job:
         """Take the slot and start generating, or raise Busy / InvalidRequest without starting anything."""

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from musicgen_api import __version__
 from musicgen_api.api.errors import install_error_handlers
-from musicgen_api.api.schema import MusicRequest, parse_music_request
+from musicgen_api.api.schema import MusicRequest, parse_music_request, request_fields
 from musicgen_api.api.sse import job_stream
 from musicgen_api.config import Settings
 from musicgen_api.service import GenerationService
@@ -50,13 +50,16 @@ def create_app(service: GenerationService, settings: Settings) -> FastAPI:
             return JSONResponse({"status": "busy"}, status_code=503)
         return JSONResponse({"status": "healthy"})
 
-    @app.get("/api/limits")
-    async def limits() -> dict[str, int | bool]:
-        """What this server accepts, so clients (the web page) can show it before asking."""
+    @app.get("/api/info")
+    async def info() -> dict[str, Any]:
+        """What this server runs and accepts, so clients (the web page, the CLI) need not hard-code it."""
         return {
+            "version": __version__,
+            **service.describe(),
             "max_duration": settings.max_duration,
             "max_description_chars": settings.max_description_chars,
             "mbd_available": settings.mbd,
+            "fields": request_fields(settings.max_duration, settings.max_description_chars),
         }
 
     @app.post("/api/music", openapi_extra=MUSIC_OPENAPI)

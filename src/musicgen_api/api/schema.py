@@ -53,6 +53,14 @@ FIELD_RULES = {
 }
 
 
+def request_fields(max_duration: int, max_description_chars: int) -> dict[str, dict[str, Any]]:
+    """Each request field's JSON type, default and limits, as this server applies them."""
+    fields: dict[str, dict[str, Any]] = MusicRequest.model_json_schema()["properties"]
+    fields["duration"]["maximum"] = max_duration
+    fields["description"]["maxLength"] = max_description_chars
+    return fields
+
+
 def _reject_constant(name: str) -> float:
     raise InvalidRequest(f"request body: {name} is not a valid JSON number; send finite numbers only")
 

@@ -1,7 +1,7 @@
 """The browser page: plain HTML, CSS and JavaScript modules in `static/`, served at `/` by the API process.
 
 No build step and nothing fetched from a CDN (GPU boxes are often offline): the files ship as package data and the
-page speaks only the public API (`GET /api/limits`, `GET /api/healthcheck`, `POST /api/music`), so it knows no more
+page speaks only the public API (`GET /api/info`, `GET /api/healthcheck`, `POST /api/music`), so it knows no more
 than any other client. This module only hands the files to FastAPI; the API routes live in `api/`.
 """
 

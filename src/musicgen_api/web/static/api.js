@@ -17,10 +17,10 @@ export class Failed extends Error {}
 /** No answer, or the connection dropped before the clip arrived. */
 export class Unreachable extends Error {}
 
-/** {max_duration, max_description_chars}, or null when the server does not say. */
+/** The server's /api/info ({max_duration, max_description_chars, mbd_available, model, ...}), or null. */
 export async function fetchLimits() {
   try {
-    const response = await fetch("api/limits");
+    const response = await fetch("api/info");
     return response.ok ? await response.json() : null;
   } catch {
     return null;
