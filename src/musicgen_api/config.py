@@ -6,7 +6,7 @@ environment itself.
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["auto", "cuda", "cpu"]
@@ -32,4 +32,9 @@ class Settings(BaseSettings):
     max_description_chars: int = Field(2000, ge=1)  # longest prompt accepted, in characters
     max_text_tokens: int = Field(512, ge=1)  # text-conditioning capacity (T5 was trained on 512 tokens)
     retry_after_s: int = Field(5, ge=1)  # the Retry-After hint sent with 503 busy answers
+    api_key: SecretStr | None = None  # when set, every endpoint but the healthcheck wants "Authorization: Bearer <key>"
+    cors_origins: list[str] = []  # browser origins allowed to call the API from other sites
+    max_body_bytes: int = Field(16 * 2**20, ge=1024)  # largest request body (an audio_prompt is the big part)
+    send_timeout_s: float = Field(30.0, gt=0)  # a client that takes longer to accept one event is dropped
+    log_format: Literal["text", "json"] = "text"  # json: one object per line, with the request id
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -5,6 +5,14 @@ class InvalidRequest(ValueError):
     """The request cannot be served as asked; the message names the field and what to send instead (HTTP 400)."""
 
 
+class PayloadTooLarge(InvalidRequest):
+    """The request body is larger than the server accepts (HTTP 413)."""
+
+
+class UnsupportedMediaType(InvalidRequest):
+    """The request body is not declared as JSON (HTTP 415)."""
+
+
 class Busy(RuntimeError):
     """Another generation holds the one slot (HTTP 503)."""
 

@@ -8,12 +8,14 @@ failures the user can act on (out of memory, unsupported options) into the proje
 
 import logging
 import secrets
+import time
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from musicgen_api import metrics
 from musicgen_api.audio.codec import EncodecCodec
 from musicgen_api.audio.formats import MIME_TYPES, decode_audio, encode_audio, probe_audio
 from musicgen_api.audio.loudness import normalize
@@ -57,6 +59,8 @@ class MusicPipeline:
         self.codec = EncodecCodec(bundle.codec, bundle.audio_channels)
         self.window, self.stride = window * FRAME_RATE, stride * FRAME_RATE  # in code frames
         self.costs = StageCosts()
+        if bundle.device.type == "cuda":
+            metrics.GPU_MEMORY_BYTES.set_function(lambda: torch.cuda.memory_allocated(bundle.device))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -132,8 +136,10 @@ class MusicPipeline:
         seconds = total / FRAME_RATE
         progress = JobProgress(self.costs, on_progress, steps, seconds, mbd.calls if mbd else 0)
 
+        started = time.perf_counter()
         codes = generate_long(self.engine, params, progress.token_step, total, self.window, self.stride, prompt)
         self._sync()
+        metrics.DECODE_STEPS_PER_SECOND.set(steps / (time.perf_counter() - started))
         progress.stage_done("tokens")
         waveform = self.codec.decode(codes)  # [C, T]
         self._sync()

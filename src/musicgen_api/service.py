@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from musicgen_api import metrics
 from musicgen_api.engine.params import GenerationCancelled, GenerationParams, RenderedAudio, StepHook
 from musicgen_api.errors import Busy, GenerationFailed
 
@@ -53,9 +54,12 @@ class Job:
         self._loop = loop
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._cancelled = threading.Event()
+        self.cancel_reason = "generation cancelled"
         self._percent = -1
 
-    def cancel(self) -> None:
+    def cancel(self, reason: str | None = None) -> None:
+        if reason is not None and not self._cancelled.is_set():
+            self.cancel_reason = reason
         self._cancelled.set()
 
     @property
@@ -119,28 +123,43 @@ class GenerationService:
 
     def _run(self, job: Job, params: GenerationParams) -> None:
         started = time.perf_counter()
-        log.info("job %s: %d s, %r", job.id, params.duration, params.description[:80])
+        extra = {"request_id": job.id}
+        log.info("job %s: %d s, %r", job.id, params.duration, params.description[:80], extra=extra)
+        metrics.GENERATIONS.labels("started").inc()
+        outcome: Event
         try:
             job.report(0, 1)
             audio = self._renderer.render(params, job.report)
-            log.info("job %s: completed in %.2f s (seed %d)", job.id, time.perf_counter() - started, audio.seed)
-            job.emit(Completed(audio))
+            seconds = time.perf_counter() - started
+            log.info("job %s: completed in %.2f s (seed %d)", job.id, seconds, audio.seed, extra=extra)
+            metrics.GENERATIONS.labels("completed").inc()
+            metrics.GENERATION_SECONDS.observe(seconds)
+            metrics.AUDIO_SECONDS.inc(audio.duration)
+            outcome = Completed(audio)
         except GenerationCancelled:
-            log.info("job %s: cancelled after %.2f s", job.id, time.perf_counter() - started)
-            job.emit(Failed("generation cancelled"))
+            log.info("job %s: %s after %.2f s", job.id, job.cancel_reason, time.perf_counter() - started, extra=extra)
+            metrics.GENERATIONS.labels("cancelled").inc()
+            outcome = Failed(job.cancel_reason)
         except GenerationFailed as exc:
-            log.warning("job %s: failed: %s", job.id, exc)
-            job.emit(Failed(f"generation failed: {exc}"))
+            log.warning("job %s: failed: %s", job.id, exc, extra=extra)
+            metrics.GENERATIONS.labels("failed").inc()
+            outcome = Failed(f"generation failed: {exc}")
         except Exception:
-            log.exception("job %s: failed", job.id)
-            job.emit(Failed("generation failed with an internal error; the server log has the details"))
+            log.exception("job %s: failed", job.id, extra=extra)
+            metrics.GENERATIONS.labels("failed").inc()
+            outcome = Failed("generation failed with an internal error; the server log has the details")
         finally:
             self._current = None
             self._slot.release()
+        job.emit(outcome)  # after the release: a client that reacts to the last event at once finds the slot free
+
+    def stop_current(self, reason: str) -> None:
+        """Stop the running generation, if any; its client gets `reason` as the stream's error event."""
+        job = self._current
+        if job is not None:
+            job.cancel(reason)
 
     def shutdown(self) -> None:
         """Stop the running generation, if any, and wait for the worker thread to end."""
-        job = self._current
-        if job is not None:
-            job.cancel()
+        self.stop_current("the server is shutting down; try again in a moment")
         self._worker.shutdown(wait=True)

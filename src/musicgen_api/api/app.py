@@ -6,12 +6,14 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from musicgen_api import __version__
 from musicgen_api.api.errors import install_error_handlers
+from musicgen_api.api.guards import install_guards, read_json_body
 from musicgen_api.api.schema import MusicRequest, parse_music_request, request_fields
-from musicgen_api.api.sse import job_stream
+from musicgen_api.api.sse import EventStreamResponse
 from musicgen_api.config import Settings
 from musicgen_api.service import GenerationService
 from musicgen_api.web import install_web_page
@@ -43,6 +45,7 @@ def create_app(service: GenerationService, settings: Settings) -> FastAPI:
 
     app = FastAPI(title="musicgen-api", version=__version__, lifespan=lifespan)
     install_error_handlers(app, settings.retry_after_s)
+    install_guards(app, settings)
 
     @app.get("/api/healthcheck")
     async def healthcheck() -> JSONResponse:
@@ -64,9 +67,14 @@ def create_app(service: GenerationService, settings: Settings) -> FastAPI:
 
     @app.post("/api/music", openapi_extra=MUSIC_OPENAPI)
     async def music(request: Request) -> StreamingResponse:
-        params = parse_music_request(await request.body(), settings.max_duration, settings.max_description_chars)
+        body = await read_json_body(request, settings.max_body_bytes)
+        params = parse_music_request(body, settings.max_duration, settings.max_description_chars)
         job = service.start(params)
-        return StreamingResponse(job_stream(job), media_type="text/event-stream", headers=SSE_HEADERS)
+        return EventStreamResponse(job, settings.send_timeout_s, SSE_HEADERS)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_page() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     install_web_page(app)
     return app

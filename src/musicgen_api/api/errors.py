@@ -6,7 +6,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from musicgen_api.errors import Busy, InvalidRequest
+from musicgen_api import metrics
+from musicgen_api.errors import Busy, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 log = logging.getLogger(__name__)
 
@@ -14,10 +15,12 @@ log = logging.getLogger(__name__)
 def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     @app.exception_handler(InvalidRequest)
     async def invalid(_: Request, exc: InvalidRequest) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=400)
+        status = 413 if isinstance(exc, PayloadTooLarge) else 415 if isinstance(exc, UnsupportedMediaType) else 400
+        return JSONResponse({"error": str(exc)}, status_code=status)
 
     @app.exception_handler(Busy)
     async def busy(_: Request, exc: Busy) -> JSONResponse:
+        metrics.BUSY_REJECTIONS.inc()
         message = f"{exc}; try again in a few seconds (GET /api/healthcheck says when the server is free)"
         return JSONResponse({"error": message}, status_code=503, headers={"Retry-After": str(retry_after_s)})
 

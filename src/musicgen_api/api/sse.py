@@ -6,10 +6,17 @@ are ever sent.
 
 import base64
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
+from starlette.responses import StreamingResponse
+from starlette.types import Send
+
 from musicgen_api.service import Completed, Failed, Job, Progress
+
+log = logging.getLogger(__name__)
 
 
 def frame(payload: dict[str, Any]) -> bytes:
@@ -41,3 +48,30 @@ async def job_stream(job: Job) -> AsyncIterator[bytes]:
                     yield frame({"error": message})
     finally:
         job.cancel()
+
+
+class EventStreamResponse(StreamingResponse):
+    """An SSE response that gives up on a client which does not take an event within `send_timeout` seconds (one
+    that never reads, or reads a byte a second): the generation is stopped and the slot freed, instead of a stuck
+    socket holding them for as long as the client likes."""
+
+    def __init__(self, job: Job, send_timeout: float, headers: dict[str, str]) -> None:
+        super().__init__(job_stream(job), media_type="text/event-stream", headers=headers)
+        self.job, self.send_timeout = job, send_timeout
+
+    async def stream_response(self, send: Send) -> None:
+        body = self.body_iterator
+        try:
+            with anyio.fail_after(self.send_timeout):
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for chunk in body:
+                with anyio.fail_after(self.send_timeout):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            with anyio.fail_after(self.send_timeout):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except TimeoutError:
+            # Returning with the response unfinished makes the server close the connection.
+            log.warning("job %s: client did not read for %g s; dropping it", self.job.id, self.send_timeout)
+            self.job.cancel(f"the client took longer than {self.send_timeout:g} s to accept an event")
+        finally:
+            await body.aclose()  # type: ignore[attr-defined]  # job_stream is an async generator

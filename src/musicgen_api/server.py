@@ -1,0 +1,82 @@
+"""Runs the service: logging, model loading, the ASGI server, and a shutdown that tells the client why.
+
+On SIGTERM or Ctrl-C the running generation is stopped first, so its client receives an `{"error": ...}` event
+saying the server is shutting down, and uvicorn's graceful shutdown then has nothing left to wait for.
+"""
+
+import json
+import logging
+import sys
+import time
+from types import FrameType
+
+import uvicorn
+
+from musicgen_api.api.app import create_app
+from musicgen_api.audio.mbd_checkpoint import MBDLoadError
+from musicgen_api.config import Settings
+from musicgen_api.engine.loading import ModelLoadError
+from musicgen_api.pipeline import build_pipeline
+from musicgen_api.service import GenerationService
+
+log = logging.getLogger("musicgen_api")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the generation's request id when the record has one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = getattr(record, "request_id", None)
+        if request_id is not None:
+            entry["request_id"] = request_id
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, service: GenerationService) -> None:
+        super().__init__(config)
+        self.service = service
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.service.stop_current("the server is shutting down; try again in a moment")
+        super().handle_exit(sig, frame)
+
+
+def run(settings: Settings) -> int:
+    setup_logging(settings)
+    try:
+        pipeline = build_pipeline(settings)
+    except (ModelLoadError, MBDLoadError, ValueError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    service = GenerationService(pipeline)
+    app = create_app(service, settings)
+    log.info("serving on http://%s:%d", settings.host, settings.port)
+    log_config = None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=log_config,
+        timeout_graceful_shutdown=10,
+    )
+    _Server(config, service).run()
+    return 0
