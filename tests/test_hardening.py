@@ -2,6 +2,7 @@
 SIGTERM, and the operator's tools (API key, CORS, metrics). Real server processes on loopback, bounded in time."""
 
 import asyncio
+import contextlib
 import json
 import os
 import pathlib
@@ -110,8 +111,10 @@ def test_disconnect_storm_frees_the_slot_and_leaks_nothing(server: Server) -> No
     assert after[0] <= before[0] * 1.10 + (16 << 20), "resident memory grew"
 
 
-def test_client_that_never_reads_is_dropped(server: Server) -> None:
+@pytest.mark.parametrize("reads", ["never", "a byte a second"])
+def test_client_that_does_not_keep_up_is_dropped(server: Server, reads: str) -> None:
     port = int(server.url.rsplit(":", 1)[1])
+    log_before = len(server.log())
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         s.connect(("127.0.0.1", port))
@@ -119,11 +122,19 @@ def test_client_that_never_reads_is_dropped(server: Server) -> None:
         body = json.dumps({"description": "never read", "duration": 60, "seed": 1}).encode()
         s.sendall(b"POST /api/music HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                   + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)  # fmt: skip
+        if reads == "a byte a second":
+
+            def trickle() -> None:
+                with contextlib.suppress(OSError):
+                    while s.recv(1):
+                        time.sleep(1)
+
+            threading.Thread(target=trickle, daemon=True).start()
         wait_healthy(server.url, within=60)  # the generation ends or is stopped; it cannot hold the slot
         deadline = time.monotonic() + 15
-        while "did not read" not in server.log() and time.monotonic() < deadline:
+        while "did not read" not in server.log()[log_before:] and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert "did not read" in server.log()
+        assert "did not read" in server.log()[log_before:]
         s.settimeout(10)
         tail = b""
         try:
@@ -304,3 +315,14 @@ def test_faults_mid_stream_end_in_an_error_event(mono_model: pathlib.Path, fault
     pipeline.engine.step = real
     assert isinstance(_run_job(service, GenerationParams("after the fault", 1))[-1], Completed)
     service.shutdown()
+
+
+def test_json_logs_carry_the_request_id() -> None:
+    import logging
+
+    from musicgen_api.server import JsonFormatter
+
+    record = logging.LogRecord("musicgen_api.service", logging.INFO, __file__, 1, "job %s: done", ("ab12",), None)
+    record.request_id = "ab12"
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["message"] == "job ab12: done" and entry["request_id"] == "ab12" and entry["level"] == "info"
