@@ -1,14 +1,19 @@
 """The web page in a real headless Chromium (Debian's, driven by Playwright) against a real server on the tiny model:
 generate with live progress, a playable clip of the right length, download name, history, Cancel, the 400 and 503
-messages, the server's limits, a phone-sized screen. Screenshots of the finished state go to artifacts/."""
+messages, the server's limits, seeds, formats, continuing an audio file, a phone-sized screen. Screenshots of the
+finished state go to artifacts/."""
 
 import io
+import json
+import math
+import struct
 import wave
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
+import soundfile
 from playwright.sync_api import Browser, Page, Route, sync_playwright
 
 from tests.conftest import Server
@@ -73,6 +78,36 @@ def generate(page: Page, prompt: str, seconds: int) -> None:
     page.click("#generate")
 
 
+def generate_and_read_request(page: Page, prompt: str, seconds: int) -> str:
+    """Generate as `generate` does; the request body as sent, once the clip is shown and kept."""
+    kept = page.locator("#history li").count()
+    with page.expect_request("**/api/music") as request:
+        generate(page, prompt, seconds)
+    page.wait_for_function(f"document.querySelectorAll('#history li').length === {kept + 1}", timeout=60_000)
+    page.wait_for_function("document.querySelector('#player').readyState >= 1")
+    return str(request.value.post_data)
+
+
+def downloaded(page: Page) -> tuple[str, bytes]:
+    """The download link's MIME type and bytes."""
+    mime, data = page.evaluate(
+        "async url => { const blob = await (await fetch(url)).blob();"
+        " return [blob.type, [...new Uint8Array(await blob.arrayBuffer())]]; }",
+        page.locator("#download").get_attribute("href"),
+    )
+    return mime, bytes(data)
+
+
+def waveform_painted(page: Page) -> int:
+    return int(
+        page.evaluate(
+            "() => { const c = document.querySelector('#waveform');"
+            " return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.filter((v, i) => i % 4 == 3 && v)"
+            ".length; }"
+        )
+    )
+
+
 def test_generate_shows_progress_and_a_playable_clip(page: Page, mono_server: Server) -> None:
     generate(page, PROMPT, 3)
     page.wait_for_function("document.querySelector('#player').readyState >= 1", timeout=60_000)
@@ -94,12 +129,7 @@ def test_generate_shows_progress_and_a_playable_clip(page: Page, mono_server: Se
     with wave.open(io.BytesIO(wav), "rb") as w:
         assert (w.getframerate(), w.getnchannels(), w.getnframes()) == (32000, 1, 3 * 32000)
     assert page.locator("#result-meta").inner_text().startswith("3.0 s · mono · 32 kHz · made in ")
-    painted = page.evaluate(
-        "() => { const c = document.querySelector('#waveform');"
-        " return c.getContext('2d').getImageData(0, 0, c.width, c.height).data.filter((v, i) => i % 4 == 3 && v)"
-        ".length; }"
-    )
-    assert painted > 1000, "the waveform was not drawn"
+    assert waveform_painted(page) > 1000, "the waveform was not drawn"
     assert page.locator("#history li").count() == 1
 
     ARTIFACTS.mkdir(exist_ok=True)
@@ -113,6 +143,74 @@ def test_generate_shows_progress_and_a_playable_clip(page: Page, mono_server: Se
     page.locator("#history li .clip-open").click()
     page.wait_for_function("document.querySelector('#player').duration === 3")
     assert page.locator("#result-title").inner_text() == PROMPT
+
+
+def test_seed_and_format(page: Page, mono_server: Server) -> None:
+    seed = "9007199254740993"  # 2**53 + 1: no JavaScript number holds it, the page must keep its digits
+    page.click("summary")
+    page.fill("input[name=seed]", seed)
+    page.select_option("select[name=format]", "flac")
+    sent = json.loads(generate_and_read_request(page, "seeded flac", 1))
+    assert (sent["seed"], sent["format"], sent["normalization"]) == (int(seed), "flac", "loudness")
+    assert page.locator("#seed-value").inner_text() == seed
+    assert f"(seed {seed})" in mono_server.log()
+
+    download = page.locator("#download")
+    assert download.get_attribute("download") == "seeded-flac.flac" and download.inner_text() == "Download FLAC"
+    mime, flac = downloaded(page)
+    assert mime == "audio/flac" and flac[:4] == b"fLaC"
+    with soundfile.SoundFile(io.BytesIO(flac)) as f:
+        assert (f.format, f.samplerate, f.channels, f.frames) == ("FLAC", 32000, 1, 32000)
+    assert page.locator("#player").evaluate("a => a.duration") == pytest.approx(1, abs=0.01)
+    assert page.locator("#result-meta").inner_text().startswith("1.0 s · mono · 32 kHz · made in ")
+    assert waveform_painted(page) > 1000, "the FLAC's waveform was not drawn"
+
+    # No seed: the server picks one (almost surely beyond 2**53), and the page shows it digit for digit.
+    page.fill("input[name=seed]", "")
+    page.select_option("select[name=format]", "wav")
+    sent = json.loads(generate_and_read_request(page, "seeded flac", 1))
+    assert "seed" not in sent
+    random_seed = page.locator("#seed-value").inner_text()
+    assert random_seed.isdigit() and random_seed != seed and f"(seed {random_seed})" in mono_server.log()
+    assert download.get_attribute("download") == "seeded-flac.wav"
+
+    page.locator("summary").click()  # folded away again: Reuse seed unfolds it
+    page.click("#reuse-seed")
+    assert page.locator("input[name=seed]").is_visible()
+    assert page.locator("input[name=seed]").input_value() == random_seed
+    _, first = downloaded(page)
+    sent = json.loads(generate_and_read_request(page, "seeded flac", 1))
+    assert str(sent["seed"]) == random_seed and page.locator("#seed-value").inner_text() == random_seed
+    assert downloaded(page)[1] == first, "the same seed made a different clip"
+
+
+def tone_wav(seconds: float) -> bytes:
+    frames = int(32000 * seconds)
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(32000)
+        w.writeframes(struct.pack(f"<{frames}h", *(round(8000 * math.sin(i / 10)) for i in range(frames))))
+    return out.getvalue()
+
+
+def test_continue_from_audio(page: Page) -> None:
+    page.click("summary")
+    include = page.locator("input[name=return_prompt]")
+    assert include.is_disabled()
+    page.set_input_files("#audio-prompt", files=[{"name": "tune.wav", "mimeType": "audio/wav",
+                                                  "buffer": tone_wav(0.5)}])  # fmt: skip
+    assert include.is_enabled() and include.is_checked()
+    include.uncheck()
+    sent = json.loads(generate_and_read_request(page, "go on", 1))
+    assert sent["audio_prompt"] and sent["return_prompt"] is False
+    assert page.locator("#player").evaluate("a => a.duration") == pytest.approx(1, abs=0.01)  # only the new audio
+
+    page.click("#clear-audio-prompt")
+    assert include.is_disabled() and page.locator("#clear-audio-prompt").is_hidden()
+    page.locator("#history li .icon").first.click()  # reuse the clip's settings: no audio file among them
+    assert page.locator("#audio-prompt").evaluate("box => box.files.length") == 0
 
 
 def test_cancel_stops_the_generation_on_the_server(page: Page, mono_server: Server) -> None:
@@ -140,6 +238,13 @@ def test_bad_input_shows_the_server_message(page: Page, mono_server: Server) -> 
     assert message.get_attribute("data-kind") == "error"
     assert "Not accepted: temperature must be a finite number greater than 0" in message.inner_text()
     assert page.locator("input[name=temperature]").get_attribute("aria-invalid") == "true"
+
+    page.fill("input[name=temperature]", "1")
+    page.fill("input[name=seed]", "-3")  # the server's rule, and its message, apply to the seed too
+    page.click("#generate")
+    message.filter(has_text="seed must be").wait_for()
+    assert "seed must be an integer from 0 to 2**63 - 1; got -3" in message.inner_text()
+    assert page.locator("input[name=seed]").get_attribute("aria-invalid") == "true"
     assert requests.get(f"{mono_server.url}/api/healthcheck", timeout=5).status_code == 200
 
 

@@ -1,6 +1,8 @@
 // The server's public API as the page uses it: limits, health, and one generation read from the SSE stream.
 // POST /api/music answers with an event stream, which EventSource cannot request (it only GETs), so the stream is
 // read with fetch's body reader. URLs are relative, so the page also works behind a proxy under a path prefix.
+// Seeds go up to 2^63 - 1, beyond the integers a JavaScript number holds exactly, so they travel as digit strings
+// here and are written into and read out of the JSON text as they are.
 
 /** The server refused to start (400 bad input, 503 busy, 500): `status` and the server's own `message`. */
 export class Refused extends Error {
@@ -17,7 +19,7 @@ export class Failed extends Error {}
 /** No answer, or the connection dropped before the clip arrived. */
 export class Unreachable extends Error {}
 
-/** The server's /api/info ({max_duration, max_description_chars, mbd_available, model, ...}), or null. */
+/** The server's /api/info ({max_duration, max_description_chars, mbd_available, model, fields, ...}), or null. */
 export async function fetchLimits() {
   try {
     const response = await fetch("api/info");
@@ -48,8 +50,8 @@ async function refusal(response) {
   return new Refused(response.status, message, Number(response.headers.get("Retry-After")) || null);
 }
 
-/** The JSON payloads of the stream's `data:` lines. Splits only each new chunk, so the megabytes-long last line
- * (the base64 WAV) costs linear time. */
+/** The text of the stream's `data:` lines. Splits only each new chunk, so the megabytes-long last line (the base64
+ * audio) costs linear time. */
 async function* events(body) {
   const reader = body.getReader();
   const decoder = new TextDecoder();
@@ -62,7 +64,7 @@ async function* events(body) {
       pending.push(piece);
       const line = pending.join("").replace(/\r$/, "");
       pending = [];
-      if (line.startsWith("data: ")) yield JSON.parse(line.slice(6));
+      if (line.startsWith("data: ")) yield line.slice(6);
     }
     pending.push(pieces[pieces.length - 1]);
   }
@@ -75,8 +77,31 @@ function decodeBase64(text) {
   return bytes;
 }
 
+/** The request's JSON. A `seed` of digits goes in as the number it spells; anything else as a string, for the
+ * server to refuse with its own message. */
+function requestBody({ seed, ...rest }) {
+  const body = JSON.stringify(rest);
+  if (seed === undefined) return body;
+  const number = /^-?\d+$/.test(seed) ? BigInt(seed).toString() : JSON.stringify(seed);
+  return `${body.slice(0, -1)},"seed":${number}}`;
+}
+
+/** The completed event as {bytes, format, mimeType, sampleRate, channels, seconds, seed}: `seed` as the digits the
+ * server wrote (base64 has no quotes, so the first `"seed":` is the key). */
+function clipOf(event, text) {
+  return {
+    bytes: decodeBase64(event.audio_data),
+    format: event.format,
+    mimeType: event.mime_type,
+    sampleRate: event.sample_rate,
+    channels: event.channels,
+    seconds: event.duration,
+    seed: /"seed":\s*(\d+)/.exec(text)?.[1] ?? null,
+  };
+}
+
 /**
- * Run one generation: resolves with the WAV bytes, calls onProgress(percent) on the way.
+ * Run one generation: resolves with the clip (see clipOf), calls onProgress(percent) on the way.
  * Aborting `signal` closes the connection, which stops the generation on the server; the promise then rejects
  * with the AbortError.
  */
@@ -86,7 +111,7 @@ export async function generate(params, { signal, onProgress }) {
     response = await fetch("api/music", {
       method: "POST",
       headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
-      body: JSON.stringify(params),
+      body: requestBody(params),
       signal,
     });
   } catch (error) {
@@ -95,10 +120,11 @@ export async function generate(params, { signal, onProgress }) {
   }
   if (!response.ok) throw await refusal(response);
   try {
-    for await (const event of events(response.body)) {
+    for await (const text of events(response.body)) {
+      const event = JSON.parse(text);
       if ("error" in event) throw new Failed(event.error);
       if (event.status === "generating") onProgress(event.progress);
-      if (event.status === "completed") return decodeBase64(event.audio_data);
+      if (event.status === "completed") return clipOf(event, text);
     }
   } catch (error) {
     if (error instanceof Failed || error.name === "AbortError") throw error;

@@ -4,7 +4,7 @@
 
 import { Failed, Refused, Unreachable, fetchHealth, fetchLimits, generate } from "./api.js";
 import { addClip, clearClips, deleteClip, listClips } from "./history.js";
-import { parseWav } from "./wav.js";
+import { decodeAudio } from "./wav.js";
 import { Waveform } from "./waveform.js";
 
 const $ = (selector) => document.querySelector(selector);
@@ -19,7 +19,8 @@ const message = $("#message");
 const statusBadge = $("#server-status");
 const player = $("#player");
 const waveform = new Waveform($("#waveform"), player);
-const FIELDS = ["description", "duration", "top_k", "top_p", "temperature", "cfg_coef", "mbd"];
+const FIELDS = ["description", "duration", "top_k", "top_p", "temperature", "cfg_coef", "mbd", "seed", "format",
+  "normalization", "audio_prompt", "return_prompt"];
 const SPEC_DEFAULT_DURATION = 30;
 const HEALTH_POLL_MS = { healthy: 5000, busy: 1000, offline: 3000 }; // watch closely while it is about to free up
 
@@ -27,6 +28,7 @@ let running = null; // the AbortController of the generation in flight
 let percentDone = 0; // of the generation in flight, for the time-left estimate
 let healthTimer = null;
 let shownUrl = null; // the object URL the player and the download link use
+let shownSeed = null; // the seed of the clip on show, as the server wrote it
 
 // ---- form, limits -------------------------------------------------------------------------------------------
 
@@ -39,7 +41,19 @@ function applyLimits(limits) {
     input("mbd").disabled = true;
     $("#mbd-note").textContent = "(turned off on this server)";
   }
+  applyDefaults(limits?.fields);
   countChars();
+}
+
+/** The server's own defaults (its /api/info `fields`) for the boxes that have one; then the boxes reset to them. */
+function applyDefaults(fields) {
+  for (const [name, field] of Object.entries(fields ?? {})) {
+    const box = input(name);
+    if (box?.dataset?.default === undefined || field.default == null) continue;
+    const same = typeof field.default === "number" && Number(box.dataset.default) === field.default; // keep "1.0"
+    if (!same) box.dataset.default = String(field.default);
+  }
+  resetAdvanced();
 }
 
 function setDuration(seconds) {
@@ -55,16 +69,46 @@ function input(name) {
   return form.elements[name];
 }
 
-/** The request body, or a local message when a number box holds something that is not a number. */
-function readParams() {
+/** The request body, or a local message when a number box holds something that is not a number or the audio
+ * file cannot be read. The seed stays text (see api.js); the server checks it. */
+async function readParams() {
   const params = { description: description.value, mbd: input("mbd").checked };
   for (const name of ["duration", "top_k", "top_p", "temperature", "cfg_coef"]) {
     const box = input(name);
     if (box.validity.badInput) return { problem: `${name} must be a number`, field: name };
     if (box.value.trim() !== "") params[name] = Number(box.value);
   }
+  const seed = input("seed").value.trim();
+  if (seed !== "") params.seed = seed;
+  params.format = input("format").value;
+  params.normalization = input("normalization").value;
   if (!params.description.trim()) return { problem: "describe the music first", field: "description" };
+  const file = input("audio_prompt").files[0];
+  if (file) {
+    try {
+      params.audio_prompt = await base64Of(file);
+    } catch {
+      return { problem: `cannot read ${file.name}; choose the file again`, field: "audio_prompt" };
+    }
+    params.return_prompt = input("return_prompt").checked;
+  }
   return { params };
+}
+
+function base64Of(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result.slice(reader.result.indexOf(",") + 1)); // after "data:...;base64,"
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+/** "Include the prompt" means something only with a prompt file chosen. */
+function syncAudioPrompt() {
+  const chosen = input("audio_prompt").files.length > 0;
+  input("return_prompt").disabled = !chosen;
+  $("#clear-audio-prompt").hidden = !chosen;
 }
 
 function resetAdvanced() {
@@ -72,6 +116,7 @@ function resetAdvanced() {
     if (box.type === "checkbox") box.checked = box.dataset.default === "true";
     else box.value = box.dataset.default;
   }
+  syncAudioPrompt();
   clearInvalid();
 }
 
@@ -153,7 +198,7 @@ async function run() {
   if (running) return;
   clearInvalid();
   message.hidden = true;
-  const { params, problem, field } = readParams();
+  const { params, problem, field } = await readParams();
   if (problem) {
     markInvalid(field);
     return say("error", "Check the form:", problem);
@@ -169,22 +214,25 @@ async function run() {
   showProgress(null, "Waiting for the server…");
   setBadge("generating");
   try {
-    const bytes = await generate(params, {
+    const result = await generate(params, {
       signal: running.signal,
       onProgress: (percent) => showProgress(percent, percent < 100 ? `Generating… ${percent}%` : "Finishing…"),
     });
-    const wav = parseWav(bytes);
+    const settings = { ...params };
+    delete settings.audio_prompt; // megabytes, and a file box cannot be refilled anyway
     const clip = {
       prompt: params.description.trim(),
-      params,
-      wav: new Blob([bytes], { type: "audio/wav" }),
-      seconds: wav.seconds,
-      channels: wav.channels,
-      sampleRate: wav.sampleRate,
+      params: settings,
+      audio: new Blob([result.bytes], { type: result.mimeType }),
+      format: result.format,
+      seed: result.seed,
+      seconds: result.seconds,
+      channels: result.channels,
+      sampleRate: result.sampleRate,
       generationSeconds: (performance.now() - started) / 1000,
       createdAt: Date.now(),
     };
-    showClip(await remember(clip), wav);
+    showClip(await remember(clip), await samplesOf(result.bytes, clip));
   } catch (error) {
     explain(error);
   } finally {
@@ -199,9 +247,19 @@ async function run() {
 
 // ---- the result card ----------------------------------------------------------------------------------------
 
-function fileName(prompt) {
+function fileName(prompt, format) {
   const slug = prompt.toLowerCase().replace(/[^\p{L}\p{N}]+/gu, "-").replace(/^-+|-+$/g, "").slice(0, 60);
-  return `${slug.replace(/-+$/, "") || "musicgen"}.wav`;
+  return `${slug.replace(/-+$/, "") || "musicgen"}.${format}`;
+}
+
+/** Clips kept by earlier versions of this page are WAVs under `wav`. */
+function audioOf(clip) {
+  return { blob: clip.audio ?? clip.wav, format: clip.format ?? "wav" };
+}
+
+/** The clip's samples for the waveform, or null where this browser cannot decode its format. */
+function samplesOf(bytes, clip) {
+  return decodeAudio(bytes, audioOf(clip).format, clip.sampleRate).catch(() => null);
 }
 
 function describe(clip) {
@@ -211,25 +269,30 @@ function describe(clip) {
     `made in ${clip.generationSeconds.toFixed(1)} s · ${when}`;
 }
 
-function showClip(clip, wav) {
+function showClip(clip, samples) {
+  const { blob, format } = audioOf(clip);
   if (shownUrl) URL.revokeObjectURL(shownUrl);
-  shownUrl = URL.createObjectURL(clip.wav);
+  shownUrl = URL.createObjectURL(blob);
   player.src = shownUrl;
   const download = $("#download");
   download.href = shownUrl;
-  download.download = fileName(clip.prompt);
+  download.download = fileName(clip.prompt, format);
+  download.textContent = `Download ${format.toUpperCase()}`;
   $("#result-title").textContent = clip.prompt;
   $("#result-meta").textContent = describe(clip);
+  shownSeed = clip.seed ?? null;
+  $("#seed-value").textContent = shownSeed ?? "";
+  $("#result-seed").hidden = shownSeed === null;
   $("#result").hidden = false;
-  waveform.show(wav);
+  waveform.show(samples);
   for (const item of document.querySelectorAll("#history li")) {
     item.setAttribute("aria-current", String(item.dataset.id === String(clip.id)));
   }
 }
 
 async function open(clip) {
-  const wav = parseWav(new Uint8Array(await clip.wav.arrayBuffer()));
-  showClip(clip, wav);
+  const bytes = new Uint8Array(await audioOf(clip).blob.arrayBuffer());
+  showClip(clip, await samplesOf(bytes, clip));
   $("#result").scrollIntoView({ behavior: "smooth", block: "nearest" });
 }
 
@@ -294,8 +357,9 @@ function fill(params) {
   resetAdvanced();
   description.value = params.description;
   for (const [name, value] of Object.entries(params)) {
-    if (name === "mbd") input(name).checked = value;
-    else if (name !== "description") input(name).value = value;
+    const box = name === "description" ? null : input(name);
+    if (box?.type === "checkbox") box.checked = value;
+    else if (box) box.value = value;
   }
   slider.value = duration.value;
   countChars();
@@ -331,6 +395,17 @@ form.addEventListener("input", (event) => event.target.removeAttribute?.("aria-i
 slider.addEventListener("input", () => (duration.value = slider.value));
 duration.addEventListener("input", () => (slider.value = duration.value));
 $("#reset").addEventListener("click", resetAdvanced);
+input("audio_prompt").addEventListener("change", syncAudioPrompt);
+$("#clear-audio-prompt").addEventListener("click", () => {
+  input("audio_prompt").value = "";
+  syncAudioPrompt();
+});
+$("#reuse-seed").addEventListener("click", () => {
+  input("seed").value = shownSeed;
+  input("seed").removeAttribute("aria-invalid");
+  $("#advanced").open = true;
+  input("seed").focus();
+});
 for (const chip of document.querySelectorAll(".chip")) {
   chip.addEventListener("click", () => {
     description.value = chip.dataset.prompt;

@@ -34,8 +34,8 @@ export async function listClips() {
   return clips.reverse();
 }
 
-/** Keep `clip` ({prompt, params, wav: Blob, seconds, channels, sampleRate, generationSeconds, createdAt}); returns
- * it with its id. Drops the oldest beyond KEEP. */
+/** Keep `clip` ({prompt, params, audio: Blob, format, seed, seconds, channels, sampleRate, generationSeconds,
+ * createdAt}); returns it with its id. Drops the oldest beyond KEEP. */
 export async function addClip(clip) {
   const id = await done((await store("readwrite")).add(clip));
   const ids = await done((await store("readonly")).getAllKeys());

@@ -1,12 +1,13 @@
-// Reads the server's WAV (16-bit PCM, any channel count) directly: its format for the clip's description, and
-// per-column peaks for the waveform picture. Parsing the bytes ourselves draws the picture the moment the clip
-// arrives and the same way in every browser, without decoding audio through Web Audio.
+// The clip's samples, for the waveform picture and per-column peaks. The server's WAV (16-bit PCM, any channel
+// count) is read directly, which draws the picture the moment the clip arrives and the same way in every browser;
+// FLAC, MP3 and OGG go through the browser's own decoder (Web Audio).
 
 function tag(view, offset) {
   return String.fromCharCode(...[0, 1, 2, 3].map((i) => view.getUint8(offset + i)));
 }
 
-/** {channels, sampleRate, frames, seconds, view, dataOffset} of a PCM WAV; throws on anything else. */
+/** {channels, sampleRate, frames, seconds, data: one Float32Array per channel} of a PCM WAV; throws on anything
+ * else. */
 export function parseWav(bytes) {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   if (bytes.byteLength < 12 || tag(view, 0) !== "RIFF" || tag(view, 8) !== "WAVE") throw new Error("not a WAV file");
@@ -19,28 +20,45 @@ export function parseWav(bytes) {
                  bits: view.getUint16(offset + 22, true) };
     } else if (id === "data" && format) {
       if (format.bits !== 16) throw new Error(`${format.bits}-bit WAV: only 16-bit PCM is drawn`);
-      const length = Math.min(size, view.byteLength - offset - 8);
-      const frames = Math.floor(length / (2 * format.channels));
-      return { ...format, frames, seconds: frames / format.sampleRate, view, dataOffset: offset + 8 };
+      const { channels, sampleRate } = format;
+      const frames = Math.floor(Math.min(size, view.byteLength - offset - 8) / (2 * channels));
+      const data = Array.from({ length: channels }, () => new Float32Array(frames));
+      for (let frame = 0; frame < frames; frame++) {
+        for (let channel = 0; channel < channels; channel++) {
+          data[channel][frame] = view.getInt16(offset + 8 + 2 * (frame * channels + channel), true) / 32768;
+        }
+      }
+      return { channels, sampleRate, frames, seconds: frames / sampleRate, data };
     }
     offset += 8 + size + (size % 2);
   }
   throw new Error("WAV without a data chunk");
 }
 
+/** The samples of a clip in `format` (wav, flac, mp3, ogg), shaped as parseWav's; rejects when this browser cannot
+ * decode it. */
+export async function decodeAudio(bytes, format, sampleRate) {
+  if (format === "wav") return parseWav(bytes);
+  const context = new OfflineAudioContext(1, 1, sampleRate);
+  const buffer = await context.decodeAudioData(bytes.slice().buffer); // decoding detaches the buffer it is given
+  const data = Array.from({ length: buffer.numberOfChannels }, (_, channel) => buffer.getChannelData(channel));
+  return { channels: data.length, sampleRate: buffer.sampleRate, frames: buffer.length, seconds: buffer.duration,
+           data };
+}
+
 /** `columns` [min, max] pairs over all channels, scaled so the loudest peak reaches ±1. */
-export function peaks(wav, columns) {
-  const { view, dataOffset, frames, channels } = wav;
+export function peaks(audio, columns) {
+  const { data, frames } = audio;
   const result = new Float32Array(columns * 2);
-  let loudest = 1;
+  let loudest = 1 / 32768; // one 16-bit step: silence stays flat
   for (let column = 0; column < columns; column++) {
     const start = Math.floor((column * frames) / columns);
-    const end = Math.max(start + 1, Math.floor(((column + 1) * frames) / columns));
+    const end = Math.min(frames, Math.max(start + 1, Math.floor(((column + 1) * frames) / columns)));
     let low = 0;
     let high = 0;
-    for (let frame = start; frame < end && frame < frames; frame++) {
-      for (let channel = 0; channel < channels; channel++) {
-        const sample = view.getInt16(dataOffset + 2 * (frame * channels + channel), true);
+    for (const samples of data) {
+      for (let frame = start; frame < end; frame++) {
+        const sample = samples[frame];
         if (sample < low) low = sample;
         if (sample > high) high = sample;
       }

@@ -9,7 +9,7 @@ export class Waveform {
   constructor(canvas, audio) {
     this.canvas = canvas;
     this.audio = audio;
-    this.wav = null;
+    this.samples = null;
     this.bars = null;
     new ResizeObserver(() => this.layout()).observe(canvas);
     for (const name of ["timeupdate", "seeked", "loadedmetadata", "ended"]) {
@@ -19,18 +19,21 @@ export class Waveform {
     canvas.addEventListener("click", (event) => this.seek(event));
   }
 
-  show(wav) {
-    this.wav = wav;
+  /** Draw `samples` (see wav.js); null hides the picture (a clip this browser cannot decode). */
+  show(samples) {
+    this.samples = samples;
+    this.bars = null;
+    this.canvas.hidden = !samples;
     this.layout();
   }
 
   layout() {
     const ratio = window.devicePixelRatio || 1;
     const width = this.canvas.clientWidth;
-    if (!width || !this.wav) return;
+    if (!width || !this.samples) return;
     this.canvas.width = Math.round(width * ratio);
     this.canvas.height = Math.round(this.canvas.clientHeight * ratio);
-    this.bars = peaks(this.wav, Math.max(1, Math.floor(width / BAR)));
+    this.bars = peaks(this.samples, Math.max(1, Math.floor(width / BAR)));
     this.draw();
   }
 
