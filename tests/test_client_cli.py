@@ -1,9 +1,16 @@
-"""`musicgen-api generate` and `health` against a real server on the tiny model: the WAV, every flag, the
-documented exit codes with one-line errors, Ctrl-C, and that the client never imports torch."""
+"""`musicgen-api generate` and `health` against a real server on the tiny model: the WAV, every flag (seeds that
+reproduce, formats, an audio prompt), the server's description, the documented exit codes with one-line errors,
+Ctrl-C, and that the client never imports torch."""
 
+import base64
 import contextlib
 import http.server
+import io
+import json
+import math
+import re
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -14,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import soundfile
 
 from tests.conftest import Server, free_port
 from tests.test_api import wait_healthy
@@ -60,15 +68,95 @@ def test_generate_writes_the_wav(mono_server: Server, tmp_path: Path) -> None:
     with wave.open(str(tmp_path / "clip.wav"), "rb") as w:
         assert (w.getframerate(), w.getsampwidth(), w.getnchannels(), w.getnframes()) == (32000, 2, 1, 2 * 32000)
     assert result.stdout == b""
-    assert result.stderr.decode().startswith("saved clip.wav: 2.0 s, 1 channel(s), 32000 Hz; generated in ")
+    assert re.fullmatch(
+        r"saved clip\.wav: 2\.0 s, 1 channel\(s\), 32000 Hz, seed (\d+) \(--seed \1 makes it again\); "
+        r"generated in \d+\.\d s\n",
+        result.stderr.decode(),
+    ), result.stderr.decode()
 
 
 def test_every_api_parameter_is_a_flag(mono_server: Server, tmp_path: Path) -> None:
-    flags = ["--duration", "1", "--no-mbd", "--top-k", "5", "--top-p", "0.9", "--temperature", "0.8", "--cfg-coef", "2"]
+    flags = ["--duration", "1", "--no-mbd", "--top-k", "5", "--top-p", "0.9", "--temperature", "0.8", "--cfg-coef", "2",
+             "--seed", "7", "--format", "wav", "--normalization", "peak", "--no-return-prompt"]  # fmt: skip
     result = run_cli("generate", "Lofi Hip-Hop, warm piano!", *flags, "--url", f"{mono_server.url}/", cwd=tmp_path)
     assert result.returncode == 0, result.stderr.decode()
+    assert ", seed 7 (--seed 7 makes it again); " in result.stderr.decode()
     with wave.open(str(tmp_path / "lofi-hip-hop-warm-piano.wav"), "rb") as w:  # named after the description
         assert w.getnframes() == 32000
+        samples = struct.unpack(f"<{w.getnframes()}h", w.readframes(w.getnframes()))
+    assert max(map(abs, samples)) == pytest.approx(32767 * 10 ** (-1 / 20), abs=2)  # peak-normalized to -1 dBFS
+
+
+def reported_seed(stderr: bytes) -> str:
+    match = re.search(r", seed (\d+) \(--seed \1 makes it again\)", stderr.decode())
+    assert match, stderr.decode()
+    return match.group(1)
+
+
+def test_the_reported_seed_makes_the_clip_again(mono_server: Server, tmp_path: Path) -> None:
+    first = run_cli("generate", "seeded", "--duration", "1", "-o", "a.wav", "--url", mono_server.url, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr.decode()
+    seed = reported_seed(first.stderr)
+    again = ["generate", "seeded", "--duration", "1", "--seed", seed, "--url", mono_server.url]
+    for name in ("b.wav", "c.wav"):
+        result = run_cli(*again, "-o", name, cwd=tmp_path)
+        assert result.returncode == 0 and reported_seed(result.stderr) == seed, result.stderr.decode()
+    assert (tmp_path / "a.wav").read_bytes() == (tmp_path / "b.wav").read_bytes() == (tmp_path / "c.wav").read_bytes()
+    other = run_cli("generate", "seeded", "--duration", "1", "-o", "d.wav", "--url", mono_server.url, cwd=tmp_path)
+    assert reported_seed(other.stderr) != seed
+    assert (tmp_path / "d.wav").read_bytes() != (tmp_path / "a.wav").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("flags", "written", "kind"),
+    [
+        (["--format", "flac"], "calm-piano.flac", "FLAC"),  # the default name takes the format's extension
+        (["-o", "clip.OGG"], "clip.OGG", "OGG"),  # the format follows -o's extension
+    ],
+)
+def test_other_formats(mono_server: Server, tmp_path: Path, flags: list[str], written: str, kind: str) -> None:
+    result = run_cli("generate", "calm piano", "--duration", "1", *flags, "--url", mono_server.url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stderr.decode().startswith(f"saved {written}: 1.0 s, 1 channel(s), 32000 Hz, seed ")
+    assert [p.name for p in tmp_path.iterdir()] == [written]
+    info = soundfile.info(str(tmp_path / written))
+    assert (info.format, info.samplerate, info.channels) == (kind, 32000, 1)
+    assert info.duration == pytest.approx(1, abs=0.01)
+
+
+def write_tone(path: Path, seconds: float) -> None:
+    frames = int(32000 * seconds)
+    tone = [round(8000 * math.sin(2 * math.pi * 440 * i / 32000)) for i in range(frames)]
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(32000)
+        w.writeframes(struct.pack(f"<{frames}h", *tone))
+
+
+@pytest.mark.parametrize(("flags", "seconds"), [([], 2), (["--no-return-prompt"], 1)])
+def test_audio_prompt_is_continued(mono_server: Server, tmp_path: Path, flags: list[str], seconds: int) -> None:
+    write_tone(tmp_path / "prompt.wav", 0.5)
+    command = ["generate", "go on", "--duration", str(seconds), "--audio-prompt", "prompt.wav", "-o", "out.wav"]
+    result = run_cli(*command, *flags, "--url", mono_server.url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr.decode()
+    with wave.open(str(tmp_path / "out.wav"), "rb") as w:
+        assert w.getnframes() == seconds * 32000
+
+
+@pytest.mark.parametrize("flag", ["--audio-prompt", "--melody"])
+def test_unreadable_audio_file_is_exit_2_before_asking(tmp_path: Path, flag: str) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nobody listens: the file is checked first
+    for path in ("missing.wav", "."):
+        result = run_cli("generate", "x", flag, path, "--url", url, cwd=tmp_path)
+        assert result.returncode == 2
+        assert f"cannot read {flag} {path}: " in one_line(result.stderr)
+
+
+def test_melody_is_refused_by_the_server(mono_server: Server, tmp_path: Path) -> None:
+    write_tone(tmp_path / "tune.wav", 0.5)
+    result = run_cli("generate", "x", "--duration", "1", "--melody", "tune.wav", "--url", mono_server.url, cwd=tmp_path)
+    assert result.returncode == 2 and "melody" in one_line(result.stderr)
 
 
 def test_output_to_stdout(mono_server: Server, tmp_path: Path) -> None:
@@ -111,12 +199,56 @@ def test_busy_is_exit_3_and_health_says_busy(mono_server: Server, tmp_path: Path
         health = run_cli("health", "--url", mono_server.url, cwd=tmp_path)
     assert result.returncode == 3
     assert "busy" in one_line(result.stderr) and "try again in 5 s" in result.stderr.decode()
-    assert (health.returncode, health.stdout) == (3, b"busy\n")
+    assert health.returncode == 3 and health.stdout.decode().startswith("busy — ")
 
 
-def test_health_when_idle(mono_server: Server, tmp_path: Path) -> None:
+def test_health_when_idle_describes_the_server(mono_server: Server, mono_model: Path, tmp_path: Path) -> None:
     result = run_cli("health", "--url", mono_server.url, cwd=tmp_path)
-    assert (result.returncode, result.stdout, result.stderr) == (0, b"healthy\n", b"")
+    described = f"healthy — {mono_model} on cpu, mono, 32000 Hz, up to 120 s, MBD available\n"
+    assert (result.returncode, result.stdout.decode(), result.stderr) == (0, described, b"")
+
+
+class _SpecOnlyHandler(http.server.BaseHTTPRequestHandler):
+    """A server with the spec's API only: a healthcheck, no /api/info, a completed event with just the WAV."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        if self.path == "/api/healthcheck":
+            self._answer(200, b'{"status": "healthy"}')
+        else:
+            self._answer(404, b'{"detail": "Not Found"}')
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        wav = io.BytesIO()
+        with wave.open(wav, "wb") as w:
+            w.setnchannels(2)
+            w.setsampwidth(2)
+            w.setframerate(32000)
+            w.writeframes(bytes(4 * 16000))
+        event = {"status": "completed", "audio_data": base64.b64encode(wav.getvalue()).decode()}
+        self._answer(200, b"data: " + json.dumps(event).encode() + b"\n\n")
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_spec_only_server(tmp_path: Path) -> None:
+    """Without /api/info health prints just the status; a bare completed event is described by its WAV header."""
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SpecOnlyHandler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_port}"
+        health = run_cli("health", "--url", url, cwd=tmp_path)
+        generated = run_cli("generate", "x", "-o", "x.wav", "--url", url, cwd=tmp_path)
+        server.shutdown()
+    assert (health.returncode, health.stdout, health.stderr) == (0, b"healthy\n", b"")
+    assert generated.returncode == 0, generated.stderr.decode()
+    assert generated.stderr.decode().startswith("saved x.wav: 0.5 s, 2 channel(s), 32000 Hz; generated in ")
 
 
 def test_unreachable_server_is_exit_4(tmp_path: Path) -> None:

@@ -5,26 +5,32 @@ Flags override `MUSICGEN_*` environment variables, which override the defaults i
 """
 
 import argparse
-import io
+import base64
 import logging
 import math
 import os
 import re
 import sys
 import time
-import wave
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from pydantic import ValidationError
 
 from musicgen_api.config import Backend, Device, DType, Settings
+from musicgen_api.engine.params import AudioFormat, Normalization
 from musicgen_api.errors import Busy, GenerationFailed, InvalidRequest
+
+if TYPE_CHECKING:
+    from musicgen_api.client import Clip
 
 log = logging.getLogger("musicgen_api")
 
 DEFAULT_URL = "http://127.0.0.1:5000"
-API_FLAGS = ("duration", "mbd", "top_k", "top_p", "temperature", "cfg_coef")  # sent only when given
+# Request fields sent only when given: as the flag's value, and the files' bytes in base64.
+API_FLAGS = ("duration", "mbd", "top_k", "top_p", "temperature", "cfg_coef", "seed", "normalization", "return_prompt")
+FILE_FLAGS = ("audio_prompt", "melody")
+FORMATS: tuple[str, ...] = get_args(AudioFormat)  # each also the file extension
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUSY, EXIT_UNREACHABLE, EXIT_CANCELLED = 1, 2, 3, 4, 130
 EXIT_CODES_HELP = (
     "exit codes: 0 done, 1 the generation failed (or the file could not be written), 2 bad input, 3 server busy, "
@@ -65,6 +71,12 @@ def _serve_parser(sub: Any) -> None:
     serve.add_argument("--extend-stride", type=int, help="new seconds per window after the first (default 18)")
     serve.add_argument("--max-description-chars", type=int, help="longest prompt accepted, characters (default 2000)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
+    serve.add_argument("--log-format", choices=["text", "json"], help="json: one object per line with request ids")
+    serve.add_argument("--api-key", help="require Authorization: Bearer KEY on all but the healthcheck")
+    serve.add_argument("--cors-origins", nargs="+", help="browser origins allowed to call the API (default none)")
+    serve.add_argument("--send-timeout", dest="send_timeout_s", type=float, help="drop a client that takes longer "
+                       "than this to accept one event, seconds (default 30)")  # fmt: skip
+    serve.add_argument("--max-body-bytes", type=int, help="largest request body (default 16 MiB)")
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -75,27 +87,10 @@ def serve(args: argparse.Namespace) -> int:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         print(f"musicgen-api: invalid setting: {problems}", file=sys.stderr)  # noqa: T201 (logging is not set up yet)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
     # Heavy imports after argument parsing, so `--help` and bad flags answer at once.
-    import uvicorn
+    from musicgen_api.server import run
 
-    from musicgen_api.api.app import create_app
-    from musicgen_api.audio.mbd_checkpoint import MBDLoadError
-    from musicgen_api.engine.loading import ModelLoadError
-    from musicgen_api.pipeline import build_pipeline
-    from musicgen_api.service import GenerationService
-
-    try:
-        pipeline = build_pipeline(settings)
-    except (ModelLoadError, MBDLoadError, ValueError) as exc:
-        log.error("cannot start: %s", exc)
-        return 2
-    app = create_app(GenerationService(pipeline), settings)
-    log.info("serving on http://%s:%d", settings.host, settings.port)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=10)
-    return 0
+    return run(settings)
 
 
 def _finite_float(text: str) -> float:
@@ -116,28 +111,53 @@ def _url_argument(parser: argparse.ArgumentParser) -> None:
 def _generate_parser(sub: Any) -> None:
     gen = sub.add_parser(
         "generate",
-        help="ask a running server for a clip, with a progress bar, and save it as a WAV",
-        description="Ask a running musicgen-api server for a clip and save it as a WAV. Ctrl-C cancels it on the "
-        "server too. Parameters left out take the server's defaults.",
+        help="ask a running server for a clip, with a progress bar, and save it (WAV, FLAC, MP3 or OGG)",
+        description="Ask a running musicgen-api server for a clip and save it. Ctrl-C cancels it on the server too. "
+        "Parameters left out take the server's defaults.",
         epilog=EXIT_CODES_HELP,
     )
     gen.add_argument("description", help='what the music should sound like, e.g. "lofi hip hop with warm piano"')
     _url_argument(gen)
-    gen.add_argument("-o", "--output", help="WAV file to write (default: named after the description; - for stdout)")
+    gen.add_argument(
+        "-o",
+        "--output",
+        help="file to write (default: named after the description, with the format's extension; - for stdout)",
+    )
     gen.add_argument("--duration", type=int, help="seconds, 1 to the server's --max-duration (default 30)")
     gen.add_argument("--mbd", action=argparse.BooleanOptionalAction, help="MultiBand Diffusion decoding (default off)")
     gen.add_argument("--top-k", type=int, help="sample from the k most likely tokens (default 250)")
     gen.add_argument("--top-p", type=_finite_float, help="nucleus sampling, 0 to 1; 0 (default) uses top-k instead")
     gen.add_argument("--temperature", type=_finite_float, help="softmax temperature, above 0 (default 1.0)")
     gen.add_argument("--cfg-coef", type=_finite_float, help="classifier-free guidance coefficient (default 3.0)")
+    gen.add_argument(
+        "--seed",
+        type=int,
+        help="0 to 2**63-1: the same request with the same seed makes the same clip (default random; printed)",
+    )
+    gen.add_argument(
+        "--format", choices=FORMATS, help="audio file format (default: -o's extension if it is one of these, else wav)"
+    )
+    gen.add_argument(
+        "--normalization",
+        choices=get_args(Normalization),
+        help="loudness (default: -14 LUFS), peak (-1 dBFS), rms (-20 dBFS), clip, or none (the model's levels)",
+    )
+    gen.add_argument("--audio-prompt", metavar="FILE", help="a WAV, FLAC, MP3 or OGG file to continue")
+    gen.add_argument(
+        "--return-prompt",
+        action=argparse.BooleanOptionalAction,
+        help="with --audio-prompt: the clip starts with the prompt (default) or holds only the new audio",
+    )
+    gen.add_argument("--melody", metavar="FILE", help="a melody to follow (needs a melody model; not served yet)")
     gen.add_argument("-q", "--quiet", action="store_true", help="print errors only: no progress bar, no summary")
 
 
 def _health_parser(sub: Any) -> None:
     health = sub.add_parser(
         "health",
-        help="print a running server's status: healthy or busy",
-        description="Print a running server's status. Exit code 0: healthy, 3: busy, 4: unreachable.",
+        help="print a running server's status (healthy or busy) and what it serves",
+        description="Print a running server's status and, where it says, its model, channels, sample rate, longest "
+        "clip and whether it offers MBD. Exit code 0: healthy, 3: busy, 4: unreachable.",
     )
     _url_argument(health)
 
@@ -146,16 +166,36 @@ def _fail(message: str) -> None:
     sys.stderr.write(f"musicgen-api: {message}\n")
 
 
-def _file_name(description: str) -> str:
-    """A WAV file name from the prompt, as the web page's download button makes it."""
+def _file_name(description: str, audio_format: str) -> str:
+    """A file name from the prompt, as the web page's download button makes it."""
     slug = re.sub(r"[\W_]+", "-", description.lower()).strip("-")[:60].strip("-")
-    return f"{slug or 'musicgen'}.wav"
+    return f"{slug or 'musicgen'}.{audio_format}"
 
 
-def _summary(destination: str, wav: bytes, seconds: float) -> str:
-    with wave.open(io.BytesIO(wav), "rb") as w:
-        length, channels, rate = w.getnframes() / w.getframerate(), w.getnchannels(), w.getframerate()
-    return f"saved {destination}: {length:.1f} s, {channels} channel(s), {rate} Hz; generated in {seconds:.1f} s"
+def _format_of(output: str | None) -> str | None:
+    """The audio format `-o`'s extension names, if it names one."""
+    extension = Path(output).suffix.lower().lstrip(".") if output else ""
+    return extension if extension in FORMATS else None
+
+
+def _read_files(args: argparse.Namespace) -> dict[str, str]:
+    """The file flags given, as base64 request fields; OSError names the flag when a file cannot be read."""
+    fields = {}
+    for name in FILE_FLAGS:
+        path = getattr(args, name)
+        if path is not None:
+            try:
+                fields[name] = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+            except OSError as exc:
+                flag = "--" + name.replace("_", "-")
+                raise OSError(f"cannot read {flag} {path}: {exc.strerror or exc}; check the path") from exc
+    return fields
+
+
+def _summary(destination: str, clip: "Clip", seconds: float) -> str:
+    saved = f"saved {destination}: {clip.duration:.1f} s, {clip.channels} channel(s), {clip.sample_rate} Hz"
+    seed = "" if clip.seed is None else f", seed {clip.seed} (--seed {clip.seed} makes it again)"
+    return f"{saved}{seed}; generated in {seconds:.1f} s"
 
 
 def generate(args: argparse.Namespace) -> int:
@@ -167,9 +207,17 @@ def generate(args: argparse.Namespace) -> int:
     params = {"description": args.description} | {
         name: getattr(args, name) for name in API_FLAGS if getattr(args, name) is not None
     }
-    output = args.output or _file_name(args.description)
+    audio_format = args.format or _format_of(args.output) or "wav"
+    if args.format or audio_format != "wav":  # a plain WAV asks nothing beyond the spec
+        params["format"] = audio_format
+    output = args.output or _file_name(args.description, audio_format)
     if output != "-" and not Path(output).resolve().parent.is_dir():
         _fail(f"cannot write {output}: its folder does not exist; create it or choose another --output")
+        return EXIT_BAD_INPUT
+    try:
+        params |= _read_files(args)
+    except OSError as exc:
+        _fail(str(exc))
         return EXIT_BAD_INPUT
     bar = Progress(
         TextColumn("generating"),
@@ -190,7 +238,7 @@ def generate(args: argparse.Namespace) -> int:
     try:
         with bar:
             task = bar.add_task("generating", total=100)
-            wav = client.generate(args.url, params, lambda percent: bar.update(task, completed=percent))
+            clip = client.generate(args.url, params, lambda percent: bar.update(task, completed=percent))
     except KeyboardInterrupt:
         _fail("cancelled; the server stops this generation and is free again")
         return EXIT_CANCELLED
@@ -199,14 +247,14 @@ def generate(args: argparse.Namespace) -> int:
         return next(code for kind, code in exit_codes.items() if isinstance(exc, kind))
     try:
         if output == "-":
-            sys.stdout.buffer.write(wav)
+            sys.stdout.buffer.write(clip.audio)
         else:
-            Path(output).write_bytes(wav)
+            Path(output).write_bytes(clip.audio)
     except OSError as exc:
         _fail(f"cannot write {output}: {exc}; choose another --output")
         return EXIT_FAILED
     if not args.quiet:
-        sys.stderr.write(_summary("to stdout" if output == "-" else output, wav, time.perf_counter() - started) + "\n")
+        sys.stderr.write(_summary("to stdout" if output == "-" else output, clip, time.perf_counter() - started) + "\n")
     return 0
 
 
@@ -218,8 +266,25 @@ def health(args: argparse.Namespace) -> int:
     except client.ServerUnreachable as exc:
         _fail(str(exc))
         return EXIT_UNREACHABLE
-    sys.stdout.write(f"{status}\n")
+    described = _describe_server(client.info(args.url) or {})
+    sys.stdout.write(f"{status} — {described}\n" if described else f"{status}\n")
     return 0 if status == "healthy" else EXIT_BUSY
+
+
+def _describe_server(info: dict[str, Any]) -> str:
+    """`facebook/musicgen-small on cuda, mono, 32000 Hz, up to 120 s, MBD available` from what GET /api/info has."""
+    parts = []
+    if "model" in info:
+        parts.append(f"{info['model']} on {info['device']}" if "device" in info else str(info["model"]))
+    if "channels" in info:
+        parts.append({1: "mono", 2: "stereo"}.get(info["channels"], f"{info['channels']} channels"))
+    if "sample_rate" in info:
+        parts.append(f"{info['sample_rate']} Hz")
+    if "max_duration" in info:
+        parts.append(f"up to {info['max_duration']} s")
+    if "mbd_available" in info:
+        parts.append("MBD available" if info["mbd_available"] else "no MBD")
+    return ", ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> None:

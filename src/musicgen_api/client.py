@@ -1,4 +1,5 @@
-"""HTTP client for a running musicgen-api server: its health, and one generation read as a stream of events.
+"""HTTP client for a running musicgen-api server: its health and description, and one generation read as a stream
+of events.
 
 The `generate` and `health` commands use it. It speaks only the public API (the same bytes any other client sees)
 and imports neither torch nor the server, so the commands start at once on machines without either. Every failure
@@ -7,8 +8,11 @@ a user can meet is one exception type whose message says what to do next: the se
 """
 
 import base64
+import io
 import json
+import wave
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -23,6 +27,19 @@ READ_TIMEOUT_S = 600.0
 
 class ServerUnreachable(ConnectionError):
     """No answer from the server, or the connection dropped before the clip arrived."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A finished generation: the audio file's bytes and what the server's `completed` event says about them."""
+
+    audio: bytes
+    format: str  # wav, flac, mp3 or ogg: also the file extension
+    mime_type: str
+    sample_rate: int
+    channels: int
+    duration: float  # seconds
+    seed: int | None  # the seed that makes this clip again; None from a server that does not report one
 
 
 def _timeout() -> httpx.Timeout:
@@ -55,6 +72,18 @@ def health(url: str) -> str:
             "is --url the address of a musicgen-api server?"
         )
     return str(status)
+
+
+def info(url: str) -> dict[str, Any] | None:
+    """The server's `GET /api/info` description, or None where it has none (an older or spec-only server, or a
+    proxy that hides it) or does not answer."""
+    url = url.rstrip("/")
+    try:
+        response = httpx.get(f"{url}/api/info", timeout=CONNECT_TIMEOUT_S)
+        described = response.json() if response.status_code == 200 else None
+    except (httpx.TransportError, ValueError):
+        return None
+    return described if isinstance(described, dict) else None
 
 
 def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -99,8 +128,30 @@ def _events(url: str, response: httpx.Response) -> Iterator[dict[str, Any]]:
                 raise GenerationFailed(f"{url} sent an unreadable event ({exc}); is it a musicgen-api server?") from exc
 
 
-def generate(url: str, params: dict[str, Any], on_progress: Callable[[int], None]) -> bytes:
-    """POST one generation and return the WAV bytes, calling `on_progress(percent)` as the server reports it.
+def _clip(url: str, event: dict[str, Any]) -> Clip:
+    """The `completed` event as a Clip. A spec-only server sends just `audio_data`, a WAV that describes itself."""
+    try:
+        audio = base64.b64decode(event["audio_data"], validate=True)
+        if "format" not in event:
+            with wave.open(io.BytesIO(audio), "rb") as w:
+                rate, channels, frames = w.getframerate(), w.getnchannels(), w.getnframes()
+            return Clip(audio, "wav", "audio/wav", rate, channels, frames / rate, None)
+        seed = event.get("seed")
+        return Clip(
+            audio=audio,
+            format=str(event["format"]),
+            mime_type=str(event["mime_type"]),
+            sample_rate=int(event["sample_rate"]),
+            channels=int(event["channels"]),
+            duration=float(event["duration"]),
+            seed=None if seed is None else int(seed),
+        )
+    except (KeyError, TypeError, ValueError, wave.Error, EOFError) as exc:  # ValueError covers bad base64
+        raise GenerationFailed(f"{url} sent an unreadable clip ({exc!r}); is it a musicgen-api server?") from exc
+
+
+def generate(url: str, params: dict[str, Any], on_progress: Callable[[int], None]) -> Clip:
+    """POST one generation and return the clip, calling `on_progress(percent)` as the server reports it.
 
     Leaving early (an exception, Ctrl-C's KeyboardInterrupt) closes the connection, which stops the generation on
     the server and frees it for the next request.
@@ -117,7 +168,7 @@ def generate(url: str, params: dict[str, Any], on_progress: Callable[[int], None
                 if event.get("status") == "generating":
                     on_progress(int(event["progress"]))
                 elif event.get("status") == "completed":
-                    return base64.b64decode(event["audio_data"], validate=True)
+                    return _clip(url, event)
     except httpx.TransportError as exc:
         raise _unreachable(url, exc) from exc
     raise ServerUnreachable(f"the connection to {url} closed before the clip arrived; check the server, then retry")
