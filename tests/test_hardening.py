@@ -10,6 +10,8 @@ import random
 import signal
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -232,7 +234,7 @@ def test_metrics_count_what_happened(server: Server) -> None:
     assert "musicgen_busy_rejections_total" in after
 
 
-def test_api_key_and_cors(server_factory: ServerFactory, mono_model: pathlib.Path) -> None:
+def test_api_key_and_cors(server_factory: ServerFactory, mono_model: pathlib.Path, tmp_path: pathlib.Path) -> None:
     guarded = server_factory(mono_model, "--api-key", "s3cret", "--cors-origins", "https://app.example",
                              "--max-duration", "2", "--no-mbd")  # fmt: skip
     url, auth = guarded.url, {"Authorization": "Bearer s3cret"}
@@ -252,6 +254,14 @@ def test_api_key_and_cors(server_factory: ServerFactory, mono_model: pathlib.Pat
     assert r.headers.get("access-control-allow-origin") == "https://app.example"
     r = requests.options(f"{url}/api/music", headers={**preflight, "Origin": "https://evil.example"}, timeout=5)
     assert r.headers.get("access-control-allow-origin") is None
+
+    clip = tmp_path / "clip.wav"
+    command = [sys.executable, "-m", "musicgen_api", "generate", "x", "--duration", "1", "--url", url, "-o", str(clip)]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "API key" in refused.stderr
+    done = subprocess.run([*command, "--api-key", "s3cret"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert clip.stat().st_size > 44
 
 
 def test_sigterm_mid_generation_tells_the_client(mono_model: pathlib.Path, tmp_path: pathlib.Path) -> None:

@@ -106,6 +106,11 @@ def _url_argument(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("MUSICGEN_URL", DEFAULT_URL),
         help=f"the server's address (default {DEFAULT_URL}) [MUSICGEN_URL]",
     )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("MUSICGEN_API_KEY"),
+        help="the key of a server started with --api-key [MUSICGEN_API_KEY]",
+    )
 
 
 def _generate_parser(sub: Any) -> None:
@@ -238,7 +243,8 @@ def generate(args: argparse.Namespace) -> int:
     try:
         with bar:
             task = bar.add_task("generating", total=100)
-            clip = client.generate(args.url, params, lambda percent: bar.update(task, completed=percent))
+            progress = lambda percent: bar.update(task, completed=percent)  # noqa: E731
+            clip = client.generate(args.url, params, progress, api_key=args.api_key)
     except KeyboardInterrupt:
         _fail("cancelled; the server stops this generation and is free again")
         return EXIT_CANCELLED
@@ -266,7 +272,7 @@ def health(args: argparse.Namespace) -> int:
     except client.ServerUnreachable as exc:
         _fail(str(exc))
         return EXIT_UNREACHABLE
-    described = _describe_server(client.info(args.url) or {})
+    described = _describe_server(client.info(args.url, args.api_key) or {})
     sys.stdout.write(f"{status} — {described}\n" if described else f"{status}\n")
     return 0 if status == "healthy" else EXIT_BUSY
 

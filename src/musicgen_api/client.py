@@ -74,12 +74,16 @@ def health(url: str) -> str:
     return str(status)
 
 
-def info(url: str) -> dict[str, Any] | None:
+def _auth(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def info(url: str, api_key: str | None = None) -> dict[str, Any] | None:
     """The server's `GET /api/info` description, or None where it has none (an older or spec-only server, or a
     proxy that hides it) or does not answer."""
     url = url.rstrip("/")
     try:
-        response = httpx.get(f"{url}/api/info", timeout=CONNECT_TIMEOUT_S)
+        response = httpx.get(f"{url}/api/info", headers=_auth(api_key), timeout=CONNECT_TIMEOUT_S)
         described = response.json() if response.status_code == 200 else None
     except (httpx.TransportError, ValueError):
         return None
@@ -107,6 +111,8 @@ def _refusal(url: str, response: httpx.Response) -> Exception:
         message = f"HTTP {response.status_code} {response.reason_phrase}"
     if response.status_code == 400:
         return InvalidRequest(f"the server refused the request: {message}")
+    if response.status_code == 401:
+        return InvalidRequest("the server needs an API key: pass --api-key or set MUSICGEN_API_KEY")
     if response.status_code == 503:
         wait = response.headers.get("Retry-After", "a few")
         return Busy(
@@ -150,14 +156,14 @@ def _clip(url: str, event: dict[str, Any]) -> Clip:
         raise GenerationFailed(f"{url} sent an unreadable clip ({exc!r}); is it a musicgen-api server?") from exc
 
 
-def generate(url: str, params: dict[str, Any], on_progress: Callable[[int], None]) -> Clip:
+def generate(url: str, params: dict[str, Any], on_progress: Callable[[int], None], api_key: str | None = None) -> Clip:
     """POST one generation and return the clip, calling `on_progress(percent)` as the server reports it.
 
     Leaving early (an exception, Ctrl-C's KeyboardInterrupt) closes the connection, which stops the generation on
     the server and frees it for the next request.
     """
     url = url.rstrip("/")
-    headers = {"Accept": "text/event-stream"}
+    headers = {"Accept": "text/event-stream", **_auth(api_key)}
     try:
         with httpx.stream("POST", f"{url}/api/music", json=params, headers=headers, timeout=_timeout()) as response:
             if response.status_code != 200:
