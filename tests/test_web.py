@@ -16,7 +16,7 @@ import requests
 import soundfile
 from playwright.sync_api import Browser, Page, Route, sync_playwright
 
-from tests.conftest import Server
+from tests.conftest import Server, ServerFactory
 from tests.test_api import wait_healthy
 from tests.test_client_cli import generation_running
 
@@ -131,6 +131,7 @@ def test_generate_shows_progress_and_a_playable_clip(page: Page, mono_server: Se
     assert page.locator("#result-meta").inner_text().startswith("3.0 s · mono · 32 kHz · made in ")
     assert waveform_painted(page) > 1000, "the waveform was not drawn"
     assert page.locator("#history li").count() == 1
+    assert page.locator("#key-dialog").is_hidden() and page.locator("#forget-key").is_hidden(), "no key, no prompt"
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web-finished.png"), full_page=True)
@@ -277,6 +278,61 @@ def test_page_shows_the_servers_limits(page: Page, browser: Browser, mono_server
     assert page.locator("#char-count").inner_text() == "0 / 50"
     assert page.locator("input[name=mbd]").is_disabled()
     context.close()
+
+
+def test_api_key_is_asked_for_kept_in_the_tab_and_sent(
+    browser: Browser, server_factory: ServerFactory, mono_model: Path
+) -> None:
+    server = server_factory(mono_model, "--api-key", "s3cret", "--max-duration", "3", "--no-mbd")
+    errors: list[str] = []
+    page = browser.new_context(viewport={"width": 900, "height": 1000}).new_page()
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    dialog = page.get_by_role("dialog", name="This server needs an API key")
+    key_error = page.locator("#key-error")
+    forget = page.get_by_role("button", name="Forget API key")
+    stored = "() => [sessionStorage.getItem('musicgen-api-key'), localStorage.length]"
+
+    page.goto(server.url)  # the page is public; /api/info is not, so the page asks at once
+    dialog.wait_for()
+    assert key_error.is_hidden() and forget.is_hidden()
+    page.wait_for_function("document.querySelector('#server-status').dataset.state === 'healthy'")
+
+    page.get_by_label("API key", exact=True).fill("wrong")
+    page.get_by_role("button", name="Use this key").click()
+    key_error.filter(has_text="That key was refused: this server needs an API key").wait_for()
+    assert dialog.is_visible() and page.evaluate(stored) == [None, 0]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "web-api-key.png"))
+
+    page.get_by_label("API key", exact=True).fill("s3cret")
+    page.get_by_role("button", name="Use this key").click()
+    page.wait_for_function("document.querySelector('#duration').max === '3'")  # /api/info, asked again with the key
+    assert dialog.is_hidden() and forget.is_visible()
+    assert page.locator("input[name=mbd]").is_disabled()
+    assert page.evaluate(stored) == ["s3cret", 0], "the key belongs in sessionStorage only"
+
+    with page.expect_request("**/api/music") as request:
+        generate(page, "a keyed clip", 1)
+    page.wait_for_function("document.querySelector('#player').src !== ''", timeout=30_000)
+    assert request.value.headers["authorization"] == "Bearer s3cret"
+    assert page.locator("#history li").count() == 1
+
+    page.reload()  # the same tab keeps its key
+    page.wait_for_function("document.querySelector('#duration').max === '3'")
+    assert dialog.is_hidden() and forget.is_visible()
+
+    forget.click()  # then the next call asks again, and is retried with the key given
+    assert forget.is_hidden() and page.evaluate(stored) == [None, 0]
+    kept = page.locator("#history li").count()
+    generate(page, "asked for again", 1)
+    dialog.wait_for()
+    page.get_by_label("API key", exact=True).fill("s3cret")
+    page.keyboard.press("Enter")
+    page.wait_for_function(f"document.querySelectorAll('#history li').length === {kept + 1}", timeout=30_000)
+    assert page.locator("#result-title").inner_text() == "asked for again"
+    assert page.locator("#message").is_hidden()
+    page.context.close()
+    assert errors == [], "the page threw"
 
 
 def test_page_and_assets_are_served(mono_server: Server) -> None:

@@ -3,6 +3,44 @@
 // read with fetch's body reader. URLs are relative, so the page also works behind a proxy under a path prefix.
 // Seeds go up to 2^63 - 1, beyond the integers a JavaScript number holds exactly, so they travel as digit strings
 // here and are written into and read out of the JSON text as they are.
+// A server started with --api-key answers 401 to every /api/* call but the healthcheck until it gets
+// "Authorization: Bearer <key>". The key is a secret, so it lives in this tab's sessionStorage (gone with the tab,
+// never shared with other tabs or written to disk by localStorage), and goes on every API call once entered.
+
+const KEY_ITEM = "musicgen-api-key";
+let keyInMemory = null; // where sessionStorage is refused (some private modes)
+
+/** The API key this tab uses, or null. */
+export function apiKey() {
+  try {
+    return sessionStorage.getItem(KEY_ITEM);
+  } catch {
+    return keyInMemory;
+  }
+}
+
+export function setApiKey(key) {
+  keyInMemory = key;
+  try {
+    sessionStorage.setItem(KEY_ITEM, key);
+  } catch {
+    // kept in memory only
+  }
+}
+
+export function forgetApiKey() {
+  keyInMemory = null;
+  try {
+    sessionStorage.removeItem(KEY_ITEM);
+  } catch {
+    // nothing kept there
+  }
+}
+
+function authorized(headers = {}) {
+  const key = apiKey();
+  return key ? { ...headers, Authorization: `Bearer ${key}` } : headers;
+}
 
 /** The server refused to start (400 bad input, 503 busy, 500): `status` and the server's own `message`. */
 export class Refused extends Error {
@@ -13,16 +51,31 @@ export class Refused extends Error {
   }
 }
 
+/** The server wants an API key (401): none was sent (`keySent` false) or the one sent is wrong. */
+export class NeedsKey extends Error {
+  constructor(message, keySent) {
+    super(message);
+    this.keySent = keySent;
+  }
+}
+
 /** The generation started but ended with the server's {"error": ...} event. */
 export class Failed extends Error {}
 
 /** No answer, or the connection dropped before the clip arrived. */
 export class Unreachable extends Error {}
 
-/** The server's /api/info ({max_duration, max_description_chars, mbd_available, model, fields, ...}), or null. */
+/** The server's /api/info ({max_duration, max_description_chars, mbd_available, model, fields, ...}), or null.
+ * Throws NeedsKey when the server wants an API key. */
 export async function fetchLimits() {
+  let response;
   try {
-    const response = await fetch("api/info");
+    response = await fetch("api/info", { headers: authorized() });
+  } catch {
+    return null;
+  }
+  if (response.status === 401) throw await refusal(response);
+  try {
     return response.ok ? await response.json() : null;
   } catch {
     return null;
@@ -47,6 +100,7 @@ async function refusal(response) {
   } catch {
     // not JSON: keep the status line
   }
+  if (response.status === 401) return new NeedsKey(message, apiKey() !== null);
   return new Refused(response.status, message, Number(response.headers.get("Retry-After")) || null);
 }
 
@@ -110,7 +164,7 @@ export async function generate(params, { signal, onProgress }) {
   try {
     response = await fetch("api/music", {
       method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+      headers: authorized({ "Content-Type": "application/json", Accept: "text/event-stream" }),
       body: requestBody(params),
       signal,
     });

@@ -2,7 +2,9 @@
 // card, and the history list. The server validates every request; the page shows its message and points at the
 // field it names, so the rules live in one place.
 
-import { Failed, Refused, Unreachable, fetchHealth, fetchLimits, generate } from "./api.js";
+import {
+  Failed, NeedsKey, Refused, Unreachable, apiKey, fetchHealth, fetchLimits, forgetApiKey, generate, setApiKey,
+} from "./api.js";
 import { addClip, clearClips, deleteClip, listClips } from "./history.js";
 import { decodeAudio } from "./wav.js";
 import { Waveform } from "./waveform.js";
@@ -19,6 +21,10 @@ const message = $("#message");
 const statusBadge = $("#server-status");
 const player = $("#player");
 const waveform = new Waveform($("#waveform"), player);
+const keyDialog = $("#key-dialog");
+const keyInput = $("#key-input");
+const keyError = $("#key-error");
+const forgetKeyButton = $("#forget-key");
 const FIELDS = ["description", "duration", "top_k", "top_p", "temperature", "cfg_coef", "mbd", "seed", "format",
   "normalization", "audio_prompt", "return_prompt"];
 const SPEC_DEFAULT_DURATION = 30;
@@ -29,6 +35,8 @@ let percentDone = 0; // of the generation in flight, for the time-left estimate
 let healthTimer = null;
 let shownUrl = null; // the object URL the player and the download link use
 let shownSeed = null; // the seed of the clip on show, as the server wrote it
+let keyAsked = null; // while the key dialog is open: the promise every call that wants the key waits on
+let keyAnswered = null; // resolves keyAsked: true with a key entered, false when dismissed
 
 // ---- form, limits -------------------------------------------------------------------------------------------
 
@@ -138,6 +146,56 @@ function fieldNamedIn(text) {
   return FIELDS.find((name) => text.startsWith(`${name} `) || text.startsWith(`${name}:`));
 }
 
+// ---- the API key (servers started with --api-key) ------------------------------------------------------------
+
+/** Run `call` (a function of the API); when the server wants a key, ask for it and run `call` again. Rejects with
+ * the NeedsKey error when the person dismisses the dialog. */
+async function withKey(call) {
+  for (;;) {
+    try {
+      return await call();
+    } catch (error) {
+      if (!(error instanceof NeedsKey) || !(await askForKey(error))) throw error;
+    }
+  }
+}
+
+/** Open the key dialog (once, however many calls want it); a refused key is dropped and the server's message shown. */
+function askForKey(error) {
+  if (error.keySent) {
+    forgetApiKey();
+    showKeyError(`That key was refused: ${error.message}`);
+  }
+  syncForgetKey();
+  if (statusBadge.dataset.state === "unknown") refreshBadge(); // the healthcheck needs no key
+  if (keyAsked) return keyAsked;
+  keyAsked = new Promise((resolve) => (keyAnswered = resolve));
+  keyInput.value = "";
+  keyDialog.showModal();
+  keyInput.focus();
+  return keyAsked;
+}
+
+function showKeyError(text) {
+  keyError.textContent = text;
+  keyError.hidden = !text;
+  if (text) keyInput.setAttribute("aria-invalid", "true");
+  else keyInput.removeAttribute("aria-invalid");
+}
+
+function answerKey(entered) {
+  const resolve = keyAnswered;
+  keyAsked = keyAnswered = null;
+  if (keyDialog.open) keyDialog.close();
+  showKeyError("");
+  syncForgetKey();
+  resolve?.(entered);
+}
+
+function syncForgetKey() {
+  forgetKeyButton.hidden = apiKey() === null;
+}
+
 // ---- messages, progress, status -----------------------------------------------------------------------------
 
 function say(kind, lead, detail = "") {
@@ -149,6 +207,9 @@ function say(kind, lead, detail = "") {
 
 function explain(error) {
   if (error.name === "AbortError") return say("info", "Cancelled.", "The server has stopped this generation.");
+  if (error instanceof NeedsKey) {
+    return say("error", "API key needed:", "this server wants one. Press Generate to enter it.");
+  }
   if (error instanceof Refused && error.status === 400) {
     markInvalid(fieldNamedIn(error.message));
     return say("error", "Not accepted:", error.message);
@@ -206,7 +267,7 @@ async function run() {
   running = new AbortController();
   percentDone = 0;
   $("#elapsed").textContent = "";
-  const started = performance.now();
+  let started = performance.now();
   const clock = setInterval(() => ($("#elapsed").textContent = timeText((performance.now() - started) / 1000)), 100);
   generateButton.disabled = true;
   cancelButton.hidden = false;
@@ -214,9 +275,13 @@ async function run() {
   showProgress(null, "Waiting for the server…");
   setBadge("generating");
   try {
-    const result = await generate(params, {
-      signal: running.signal,
-      onProgress: (percent) => showProgress(percent, percent < 100 ? `Generating… ${percent}%` : "Finishing…"),
+    const signal = running.signal;
+    const result = await withKey(() => {
+      started = performance.now(); // again after a key was asked for
+      return generate(params, {
+        signal,
+        onProgress: (percent) => showProgress(percent, percent < 100 ? `Generating… ${percent}%` : "Finishing…"),
+      });
     });
     const settings = { ...params };
     delete settings.audio_prompt; // megabytes, and a file box cannot be refilled anyway
@@ -389,7 +454,7 @@ description.addEventListener("keydown", (event) => {
   }
 });
 document.addEventListener("keydown", (event) => {
-  if (event.key === "Escape" && running) running.abort();
+  if (event.key === "Escape" && running && !keyDialog.open) running.abort();
 });
 form.addEventListener("input", (event) => event.target.removeAttribute?.("aria-invalid"));
 slider.addEventListener("input", () => (duration.value = slider.value));
@@ -418,7 +483,24 @@ $("#clear-history").addEventListener("click", async () => {
   await renderHistory();
 });
 document.addEventListener("visibilitychange", refreshBadge);
+$("#key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const key = keyInput.value.trim();
+  if (!key) return showKeyError("Enter the key first.");
+  if (/[^\x21-\x7e]/.test(key)) return showKeyError("An API key is plain ASCII text, without spaces.");
+  setApiKey(key);
+  answerKey(true);
+});
+$("#key-cancel").addEventListener("click", () => answerKey(false));
+keyDialog.addEventListener("close", () => keyDialog.open || answerKey(false)); // Esc; a no-op after answerKey
+forgetKeyButton.addEventListener("click", () => {
+  forgetApiKey();
+  syncForgetKey();
+  say("info", "API key forgotten.", "This tab will ask for it again when the server wants it.");
+  description.focus();
+});
 
-applyLimits(await fetchLimits());
+syncForgetKey();
+applyLimits(await withKey(fetchLimits).catch(() => null));
 refreshBadge();
 renderHistory().catch(historyUnavailable);
