@@ -1,4 +1,5 @@
-"""Fixtures: tiny random-weight MusicGen checkpoints on disk, and real server processes that load them.
+"""Fixtures: tiny random-weight MusicGen and MusicGen-Melody checkpoints on disk, and real server processes that load
+them.
 
 Servers are started the way a user starts one (`musicgen-api serve --model PATH`), on a free port, and spoken to
 over real HTTP. Each is started once per test session and shared by the tests that need it.
@@ -30,6 +31,11 @@ def mono_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def stereo_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return save_random_musicgen(tmp_path_factory.mktemp("musicgen-stereo"), "tiny", stereo=True)
+
+
+@pytest.fixture(scope="session")
+def melody_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    return save_random_musicgen(tmp_path_factory.mktemp("musicgen-melody"), "tiny", melody=True)
 
 
 def free_port() -> int:

@@ -153,7 +153,7 @@ def _generate_parser(sub: Any) -> None:
         action=argparse.BooleanOptionalAction,
         help="with --audio-prompt: the clip starts with the prompt (default) or holds only the new audio",
     )
-    gen.add_argument("--melody", metavar="FILE", help="a melody to follow (needs a melody model; not served yet)")
+    gen.add_argument("--melody", metavar="FILE", help="a melody to follow (needs a MusicGen-Melody server)")
     gen.add_argument("-q", "--quiet", action="store_true", help="print errors only: no progress bar, no summary")
 
 

@@ -25,6 +25,7 @@ from musicgen_api.engine.conditioning import TextConditioner
 from musicgen_api.engine.fast import FastEngine
 from musicgen_api.engine.loading import MusicgenBundle, load_musicgen
 from musicgen_api.engine.long_form import generate_long, plan_windows
+from musicgen_api.engine.melody import MelodyEngine
 from musicgen_api.engine.params import FRAME_RATE, GenerationParams, RenderedAudio, StepHook
 from musicgen_api.engine.reference import TransformersEngine
 from musicgen_api.errors import GenerationFailed, InvalidRequest
@@ -67,7 +68,7 @@ class MusicPipeline:
             "model": self.bundle.source,
             "channels": self.bundle.audio_channels,
             "sample_rate": self.bundle.sampling_rate,
-            "melody": False,
+            "melody": self.bundle.melody,
             "window": self.window // FRAME_RATE,
             "backend": "fast" if self.engine.supports_prompts else "transformers",
             "device": str(self.bundle.device),
@@ -79,19 +80,30 @@ class MusicPipeline:
             raise InvalidRequest(
                 'mbd: MultiBand Diffusion is turned off on this server (started with --no-mbd); send "mbd": false'
             )
-        if params.melody is not None:
-            raise InvalidRequest(
-                f"melody: this server's model ({self.bundle.source}) cannot use a melody. Melody conditioning needs a "
-                "MusicGen-Melody checkpoint (facebook/musicgen-melody, facebook/musicgen-melody-large or their "
-                "stereo variants), which this server does not load yet; leave melody out"
-            )
+        self._check_melody(params)
         self.conditioner.tokenize(params.description)
         prompt_frames = self._check_prompt(params)
         if (prompt_frames or params.frames > self.window) and not self.engine.supports_prompts:
+            field = "audio_prompt" if prompt_frames else "duration"
+            why = "a MusicGen-Melody model" if self.bundle.melody else "--backend transformers"
             raise InvalidRequest(
-                f"duration: pieces longer than {self.window // FRAME_RATE} s and audio_prompt need the fast backend; "
-                "this server runs --backend transformers"
+                f"{field}: pieces longer than {self.window // FRAME_RATE} s and audio_prompt need the fast backend; "
+                f"this server runs {why}"
             )
+
+    def _check_melody(self, params: GenerationParams) -> None:
+        if params.melody is None:
+            return
+        if not self.bundle.melody:
+            raise InvalidRequest(
+                f"melody: this server's model ({self.bundle.source}) cannot use a melody. Melody conditioning needs a "
+                "MusicGen-Melody checkpoint (facebook/musicgen-melody, facebook/musicgen-melody-large or their "
+                "stereo variants); start the server with one of those as --model, or leave melody out"
+            )
+        try:
+            probe_audio(params.melody)
+        except ValueError as exc:
+            raise InvalidRequest(f"melody: {exc}; send a base64 WAV, FLAC, MP3 or OGG file") from exc
 
     def _check_prompt(self, params: GenerationParams) -> int:
         if params.audio_prompt is None:
@@ -191,7 +203,12 @@ def build_pipeline(settings: Settings) -> MusicPipeline:
     conditioner = TextConditioner(bundle, settings.max_text_tokens)
     window = min(settings.window, settings.max_duration)
     engine: CodeGenerator
-    if settings.backend == "transformers":
+    if bundle.melody:
+        log.info(
+            "%s is a MusicGen-Melody checkpoint: it runs on transformers' generate, not the fast engine", bundle.source
+        )
+        engine = MelodyEngine(bundle, conditioner)
+    elif settings.backend == "transformers":
         engine = TransformersEngine(bundle, conditioner)
     else:
         engine = FastEngine(bundle, conditioner, window, compile_step=settings.compile)

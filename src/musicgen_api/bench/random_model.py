@@ -4,9 +4,12 @@ Real weights cannot be downloaded everywhere (CI, air-gapped GPU boxes), yet spe
 the real code path. `build_random_musicgen` makes a `MusicgenForConditionalGeneration` with the exact layout of the
 published checkpoints (T5 text encoder, 32 kHz EnCodec, decoder) at the real musicgen-small/-medium/-large sizes, or
 at a tiny size that runs in milliseconds on a CPU; `save_random_musicgen` writes one to a folder that
-`from_pretrained` loads like any checkpoint.
+`from_pretrained` loads like any checkpoint. `melody=True` makes a MusicGen-Melody checkpoint instead (the
+facebook/musicgen-melody layout: chroma and text in front of the decoded tokens), with its feature-extractor
+settings.
 """
 
+import json
 import math
 import pathlib
 from dataclasses import dataclass
@@ -21,10 +24,14 @@ from transformers import (
     MusicgenConfig,
     MusicgenDecoderConfig,
     MusicgenForConditionalGeneration,
+    MusicgenMelodyConfig,
+    MusicgenMelodyDecoderConfig,
+    MusicgenMelodyForConditionalGeneration,
     PreTrainedTokenizerFast,
     T5Config,
 )
 
+from musicgen_api.audio.chroma import ChromaSettings
 from musicgen_api.audio.mbd_checkpoint import BandCheckpoint, MBDCheckpoint
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"  # ids 0, 1, 2 as in T5
@@ -119,8 +126,8 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def build_config(shape: Shape, *, stereo: bool = False) -> MusicgenConfig:
-    """A config laid out like facebook/musicgen-{small,medium,large} (or the -stereo- variants)."""
+def build_config(shape: Shape, *, stereo: bool = False, melody: bool = False) -> MusicgenConfig | MusicgenMelodyConfig:
+    """A config laid out like facebook/musicgen-{small,medium,large} (or the -stereo- and -melody variants)."""
     # EnCodec derives its codebook count from the bandwidth: 4 codebooks at 50 Hz of log2(codebook_size) bits each
     # (2.2 kbps for the real 2048-entry codebooks).
     bandwidth = CODEBOOKS_PER_CHANNEL * math.log2(shape.codebook_size) * FRAME_RATE / 1000
@@ -152,7 +159,8 @@ def build_config(shape: Shape, *, stereo: bool = False) -> MusicgenConfig:
         overlap=None,
     )
     channels = 2 if stereo else 1
-    decoder = MusicgenDecoderConfig(
+    decoder_config = MusicgenMelodyDecoderConfig if melody else MusicgenDecoderConfig
+    decoder = decoder_config(
         vocab_size=shape.codebook_size,
         hidden_size=shape.dim,
         num_hidden_layers=shape.layers,
@@ -165,6 +173,11 @@ def build_config(shape: Shape, *, stereo: bool = False) -> MusicgenConfig:
         bos_token_id=shape.codebook_size,
         initializer_factor=shape.init_std,
     )
+    if melody:  # 12 chroma bins for 235 frames: 30 s at the feature extractor's 4096-sample hop
+        return MusicgenMelodyConfig(
+            text_encoder=text_encoder, audio_encoder=audio_encoder, decoder=decoder, num_chroma=12, chroma_length=235,
+            initializer_factor=shape.init_std,
+        )  # fmt: skip
     return MusicgenConfig(
         text_encoder=text_encoder, audio_encoder=audio_encoder, decoder=decoder, initializer_factor=shape.init_std
     )  # fmt: skip
@@ -228,17 +241,27 @@ def build_random_mbd(codec_dim: int, hidden: int = 48, seed: int = 0) -> MBDChec
 
 
 def build_random_musicgen(
-    shape: str, *, stereo: bool = False, seed: int = 1234, device: str = "cpu", dtype: torch.dtype = torch.float32
-) -> MusicgenForConditionalGeneration:
+    shape: str,
+    *,
+    stereo: bool = False,
+    melody: bool = False,
+    seed: int = 1234,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> MusicgenForConditionalGeneration | MusicgenMelodyForConditionalGeneration:
     """A seeded random-weight model, built directly on `device` in `dtype` (no host copy of large weights)."""
     dims = SHAPES[shape]
-    config = build_config(dims, stereo=stereo)
+    config = build_config(dims, stereo=stereo, melody=melody)
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
         previous = torch.get_default_dtype()
         torch.set_default_dtype(dtype)
         try:
-            model = MusicgenForConditionalGeneration(config).eval()
+            model = (
+                MusicgenMelodyForConditionalGeneration(config)
+                if isinstance(config, MusicgenMelodyConfig)
+                else MusicgenForConditionalGeneration(config)
+            ).eval()
         finally:
             torch.set_default_dtype(previous)
         randomize_codebooks(model.audio_encoder)
@@ -255,11 +278,15 @@ def save_random_musicgen(
     shape: str = "tiny",
     *,
     stereo: bool = False,
+    melody: bool = False,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> pathlib.Path:
-    """Write a random-weight checkpoint plus tokenizer to `path`, loadable with `from_pretrained(path)`."""
+    """Write a random-weight checkpoint plus tokenizer (and a melody model's feature-extractor settings) to `path`,
+    loadable with `from_pretrained(path)`."""
     path = pathlib.Path(path)
-    build_random_musicgen(shape, stereo=stereo, device=device, dtype=dtype).save_pretrained(path)
+    build_random_musicgen(shape, stereo=stereo, melody=melody, device=device, dtype=dtype).save_pretrained(path)
     build_tokenizer().save_pretrained(path)
+    if melody:  # transformers' MusicgenMelodyFeatureExtractor needs torchaudio to be built, so write its JSON
+        (path / "preprocessor_config.json").write_text(json.dumps(ChromaSettings().to_dict(), indent=2) + "\n")
     return path

@@ -12,14 +12,18 @@ from typing import cast
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoTokenizer,
     EncodecModel,
     MusicgenDecoderConfig,
     MusicgenForConditionalGeneration,
+    MusicgenMelodyForConditionalGeneration,
     PreTrainedTokenizerBase,
 )
 
+from musicgen_api.audio.chroma import ChromaExtractor, ChromaSettings
 from musicgen_api.config import Device, DType
+from musicgen_api.engine.melody_model import MelodyModel
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +36,17 @@ class ModelLoadError(RuntimeError):
 class MusicgenBundle:
     """The loaded checkpoint and the few facts about it the engine and audio code need."""
 
-    model: MusicgenForConditionalGeneration
+    model: MusicgenForConditionalGeneration | MusicgenMelodyForConditionalGeneration
     tokenizer: PreTrainedTokenizerBase
     device: torch.device
     dtype: torch.dtype
     source: str = "(in memory)"  # the hub id or folder it was loaded from
+    chroma: ChromaExtractor | None = None  # melody checkpoints only: melody audio → the chroma they condition on
+
+    @property
+    def melody(self) -> bool:
+        """A MusicGen-Melody checkpoint: conditioned on a melody's chroma as well as the text."""
+        return isinstance(self.model, MusicgenMelodyForConditionalGeneration)
 
     @property
     def decoder_config(self) -> MusicgenDecoderConfig:
@@ -83,7 +93,8 @@ def resolve_dtype(dtype: DType, device: torch.device) -> torch.dtype:
 
 
 def load_musicgen(source: str, device: Device = "auto", dtype: DType = "auto") -> MusicgenBundle:
-    """Load model and tokenizer from a hub id or local folder onto the chosen device, in eval mode."""
+    """Load model and tokenizer (and, for a MusicGen-Melody checkpoint, its chroma settings) from a hub id or local
+    folder onto the chosen device, in eval mode."""
     if source.startswith(("/", "./", "../", "~")) and not Path(source).expanduser().is_dir():
         raise ModelLoadError(
             f"the model folder '{source}' does not exist; pass --model with a folder holding a saved MusicGen "
@@ -93,8 +104,11 @@ def load_musicgen(source: str, device: Device = "auto", dtype: DType = "auto") -
     torch_dtype = resolve_dtype(dtype, torch_device)
     started = time.perf_counter()
     try:
+        melody = AutoConfig.from_pretrained(source).model_type == "musicgen_melody"
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = MusicgenForConditionalGeneration.from_pretrained(source, dtype=torch_dtype)
+        architecture = MelodyModel if melody else MusicgenForConditionalGeneration
+        model = architecture.from_pretrained(source, dtype=torch_dtype)
+        chroma = ChromaExtractor(ChromaSettings.from_pretrained(source)) if melody else None
     except (OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(
@@ -103,10 +117,11 @@ def load_musicgen(source: str, device: Device = "auto", dtype: DType = "auto") -
             "on a machine with network access."
         ) from exc
     model.to(torch_device).eval()  # type: ignore[arg-type]  # transformers' stub types .to() narrowly
-    bundle = MusicgenBundle(model=model, tokenizer=tokenizer, device=torch_device, dtype=torch_dtype, source=source)
+    bundle = MusicgenBundle(model, tokenizer, torch_device, torch_dtype, source, chroma)
     log.info(
-        "loaded %s on %s (%s) in %.1f s: %d codebooks, %d channel(s)",
+        "loaded %s%s on %s (%s) in %.1f s: %d codebooks, %d channel(s)",
         source,
+        " (MusicGen-Melody)" if melody else "",
         torch_device,
         str(torch_dtype).removeprefix("torch."),
         time.perf_counter() - started,

@@ -5,6 +5,8 @@ and as a fallback (`--backend transformers`). Progress and cancellation ride on 
 keeps the sampled tokens so this backend returns codes like the fast one.
 """
 
+from typing import Any
+
 import torch
 from torch import Tensor
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -50,10 +52,8 @@ class TransformersEngine:
         steps = frames + self.bundle.num_codebooks // channels - 1
         watcher = _StepWatcher(steps, on_step)
         nucleus = params.top_p > 0
-        tokens = self.conditioner.tokenize(params.description)
         self.bundle.model.generate(
-            input_ids=tokens["input_ids"],
-            attention_mask=tokens["attention_mask"],
+            **self.conditioning(params),
             do_sample=True,
             guidance_scale=params.cfg_coef,
             temperature=params.temperature,
@@ -64,3 +64,8 @@ class TransformersEngine:
         )
         assert watcher.sequence is not None
         return undelay(watcher.sequence, frames, channels)  # [K, steps + 1] before the pattern's padding
+
+    def conditioning(self, params: GenerationParams) -> dict[str, Any]:
+        """What `generate` is conditioned on: the description's tokens."""
+        tokens = self.conditioner.tokenize(params.description)
+        return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
