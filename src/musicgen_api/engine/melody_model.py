@@ -20,9 +20,12 @@ class MelodyModel(MusicgenMelodyForConditionalGeneration):
         past_key_values: Cache | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
+        if past_key_values is not None:  # newer transformers name it `cache`; pass whichever came
+            kwargs["past_key_values"] = past_key_values
         inputs: dict[str, Any] = super().prepare_inputs_for_generation(
-            decoder_input_ids, encoder_hidden_states=encoder_hidden_states, past_key_values=past_key_values, **kwargs
+            decoder_input_ids, encoder_hidden_states=encoder_hidden_states, **kwargs
         )
-        if past_key_values is not None and past_key_values.get_seq_length() == 0:
+        cache = kwargs.get("cache", past_key_values)
+        if cache is not None and cache.get_seq_length() == 0:
             inputs["encoder_hidden_states"] = encoder_hidden_states  # [B, chroma + text, C] in front of step one
         return inputs
