@@ -24,7 +24,7 @@ from musicgen_api.config import Settings
 from musicgen_api.engine.conditioning import TextConditioner
 from musicgen_api.engine.fast import FastEngine
 from musicgen_api.engine.loading import MusicgenBundle, load_musicgen
-from musicgen_api.engine.long_form import generate_long, plan_windows
+from musicgen_api.engine.long_form import generate_long, total_steps
 from musicgen_api.engine.melody import MelodyEngine
 from musicgen_api.engine.params import FRAME_RATE, GenerationParams, RenderedAudio, StepHook
 from musicgen_api.engine.reference import TransformersEngine
@@ -142,8 +142,7 @@ class MusicPipeline:
         given = 0 if prompt is None else prompt.shape[1]
         total = given + params.frames if not params.return_prompt else params.frames
         channels = self.bundle.audio_channels
-        tail = self.bundle.num_codebooks // channels - 1
-        steps = sum(new + tail for _, new in plan_windows(total, given, self.window, self.stride))
+        steps = total_steps(total, given, self.window, self.stride, self.bundle.num_codebooks, channels)
         mbd = self.mbd if params.mbd else None
         seconds = total / FRAME_RATE
         progress = JobProgress(self.costs, on_progress, steps, seconds, mbd.calls if mbd else 0)

@@ -10,6 +10,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from musicgen_api.engine.delay import sequence_length
 from musicgen_api.engine.params import GenerationParams, StepHook
 
 
@@ -34,6 +35,17 @@ def plan_windows(total: int, prompt: int, window: int, stride: int) -> list[tupl
     return windows
 
 
+def window_steps(new: int, num_codebooks: int, channels: int) -> int:
+    """Decode steps of a window adding `new` frames after its prompt (the delay pattern adds K_ch - 1)."""
+    return sequence_length(new, num_codebooks, channels) - 1
+
+
+def total_steps(total: int, prompt: int, window: int, stride: int, num_codebooks: int, channels: int) -> int:
+    """Decode steps of a whole piece, all windows together: what whole-piece progress counts."""
+    windows = plan_windows(total, prompt, window, stride)
+    return sum(window_steps(new, num_codebooks, channels) for _, new in windows)
+
+
 def generate_long(
     engine: PromptedEngine,
     params: GenerationParams,
@@ -45,17 +57,16 @@ def generate_long(
 ) -> Tensor:
     """Codes [K, total_frames], starting with `prompt` [K, P] when given."""
     codes = prompt if prompt is not None else torch.empty(engine.num_codebooks, 0, dtype=torch.long)
-    windows = plan_windows(total_frames, codes.shape[1], window, stride)
-    tail = engine.num_codebooks // engine.channels - 1  # the delay pattern's extra steps per window
-    total_steps = sum(new + tail for _, new in windows)
+    k, c = engine.num_codebooks, engine.channels
+    everything = total_steps(total_frames, codes.shape[1], window, stride, k, c)
     done = 0
-    for keep, new in windows:
+    for keep, new in plan_windows(total_frames, codes.shape[1], window, stride):
         context = codes[:, codes.shape[1] - keep :] if keep else None
 
         def report(step: int, steps: int, offset: int = done) -> None:
-            on_step(offset + step, total_steps)
+            on_step(offset + step, everything)
 
         out = engine.generate(params, report, prompt=context, frames=keep + new)
         codes = torch.cat([codes.to(out.device), out[:, keep:]], dim=1)
-        done += new + tail
+        done += window_steps(new, k, c)
     return codes

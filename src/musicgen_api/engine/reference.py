@@ -12,7 +12,7 @@ from torch import Tensor
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from musicgen_api.engine.conditioning import TextConditioner
-from musicgen_api.engine.delay import undelay
+from musicgen_api.engine.delay import sequence_length, undelay
 from musicgen_api.engine.loading import MusicgenBundle
 from musicgen_api.engine.params import GenerationParams, StepHook
 
@@ -49,7 +49,7 @@ class TransformersEngine:
             raise ValueError("the transformers backend does not continue prompts")
         frames = params.frames if frames is None else frames
         channels = self.bundle.audio_channels
-        steps = frames + self.bundle.num_codebooks // channels - 1
+        steps = sequence_length(frames, self.bundle.num_codebooks, channels) - 1
         watcher = _StepWatcher(steps, on_step)
         nucleus = params.top_p > 0
         self.bundle.model.generate(
