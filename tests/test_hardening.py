@@ -296,7 +296,7 @@ def _service(mono_model: pathlib.Path) -> tuple[GenerationService, Any]:
 
 def _run_job(service: GenerationService, params: GenerationParams) -> list[Any]:
     async def run() -> list[Any]:
-        return [event async for event in service.start(params).events()]
+        return [event async for event in (await service.start(params)).events()]
 
     return asyncio.run(run())
 

@@ -161,7 +161,7 @@ def test_cancel_during_diffusion_stops_within_one_pass(mono_model: pathlib.Path)
     service = GenerationService(pipeline)
 
     async def run() -> list[Any]:
-        job = service.start(GenerationParams("cancel me", duration=10, mbd=True))
+        job = await service.start(GenerationParams("cancel me", duration=10, mbd=True))
         events = []
         async for event in job.events():
             events.append(event)

@@ -13,11 +13,11 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any, TypeVar, get_args
 
 from pydantic import ValidationError
 
-from musicgen_api.config import Backend, Device, DType, Settings
+from musicgen_api.config import Backend, ClusterSettings, Device, DType, Settings
 from musicgen_api.engine.params import AudioFormat, Normalization
 from musicgen_api.errors import Busy, GenerationFailed, InvalidRequest
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from musicgen_api.client import Clip
 
 log = logging.getLogger("musicgen_api")
+SettingsT = TypeVar("SettingsT", Settings, ClusterSettings)
 
 DEFAULT_URL = "http://127.0.0.1:5000"
 # Request fields sent only when given: as the flag's value, and the files' bytes in base64.
@@ -38,8 +39,8 @@ EXIT_CODES_HELP = (
 )
 
 
-def _serve_parser(sub: Any) -> None:
-    serve = sub.add_parser("serve", help="load a MusicGen model and serve the HTTP API")
+def _server_flags(serve: argparse.ArgumentParser) -> None:
+    """The flags of the served API and its model: the same for one process and for each replica of a cluster."""
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1; 0.0.0.0 for all) [MUSICGEN_HOST]")
     serve.add_argument("--port", type=int, help="port (default 5000) [MUSICGEN_PORT]")
     serve.add_argument(
@@ -79,18 +80,67 @@ def _serve_parser(sub: Any) -> None:
     serve.add_argument("--max-body-bytes", type=int, help="largest request body (default 16 MiB)")
 
 
+def _serve_parser(sub: Any) -> None:
+    _server_flags(sub.add_parser("serve", help="load a MusicGen model and serve the HTTP API"))
+
+
+def _cluster_parser(sub: Any) -> None:
+    cluster = sub.add_parser(
+        "cluster",
+        help="serve the same API from many replicas (GPUs, machines) on Ray Serve; needs musicgen-api[ray]",
+        description="Deploy the API on Ray Serve: a small ingress at --host:--port and model replicas, one "
+        "generation each. A request goes to an idle replica, waits in a bounded queue when all are busy, and is "
+        "answered 503 when the queue is full too. Ctrl-C or SIGTERM removes the application.",
+    )
+    _server_flags(cluster)
+    ray_flags = cluster.add_argument_group("Ray")
+    ray_flags.add_argument("--address", help="Ray cluster to join: auto, or ray://HEAD:10001 (default: start Ray here)")
+    ray_flags.add_argument("--replicas", type=int, help="fixed number of replicas (default: one per GPU, 1 without)")
+    ray_flags.add_argument("--min-replicas", type=int, help="autoscale from this many (default 1 when autoscaling)")
+    ray_flags.add_argument("--max-replicas", type=int, help="autoscale up to this many (default: one per GPU)")
+    ray_flags.add_argument("--gpus-per-replica", type=float, help="default 1 when the cluster has GPUs, else 0")
+    ray_flags.add_argument("--cpus-per-replica", type=float, help="default 1")
+    ray_flags.add_argument(
+        "--max-queued", type=int, help="requests that may wait for a busy cluster before 503 (default: replicas)"
+    )
+
+
+def _settings(args: argparse.Namespace, kind: type[SettingsT]) -> SettingsT:
+    """The given flags that belong to `kind`, over its environment variables and defaults."""
+    given = {k: v for k, v in vars(args).items() if k in kind.model_fields and v is not None}
+    return kind(**given)
+
+
+def _invalid_setting(exc: ValidationError) -> int:
+    problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    print(f"musicgen-api: invalid setting: {problems}", file=sys.stderr)  # noqa: T201 (logging is not set up yet)
+    return 2
+
+
 def serve(args: argparse.Namespace) -> int:
-    overrides = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
     try:
-        settings = Settings(**overrides)
+        settings = _settings(args, Settings)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        print(f"musicgen-api: invalid setting: {problems}", file=sys.stderr)  # noqa: T201 (logging is not set up yet)
-        return 2
+        return _invalid_setting(exc)
     # Heavy imports after argument parsing, so `--help` and bad flags answer at once.
     from musicgen_api.server import run
 
     return run(settings)
+
+
+def cluster(args: argparse.Namespace) -> int:
+    try:
+        settings, cluster_settings = _settings(args, Settings), _settings(args, ClusterSettings)
+    except ValidationError as exc:
+        return _invalid_setting(exc)
+    try:
+        from musicgen_api.cluster.deploy import run
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not exc.name.startswith("ray"):
+            raise
+        _fail("the cluster needs Ray Serve: pip install 'musicgen-api[ray]'")
+        return 2
+    return run(settings, cluster_settings)
 
 
 def _finite_float(text: str) -> float:
@@ -297,8 +347,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="musicgen-api", description="Text-to-music HTTP service on MusicGen.")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    _cluster_parser(sub)
     _generate_parser(sub)
     _health_parser(sub)
     args = parser.parse_args(argv)
-    commands = {"serve": serve, "generate": generate, "health": health}
+    commands = {"serve": serve, "cluster": cluster, "generate": generate, "health": health}
     sys.exit(commands[args.command](args))

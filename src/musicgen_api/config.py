@@ -4,9 +4,9 @@ Every knob an operator can turn lives here, so the rest of the code takes a `Set
 environment itself.
 """
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["auto", "cuda", "cpu"]
@@ -38,3 +38,26 @@ class Settings(BaseSettings):
     send_timeout_s: float = Field(30.0, gt=0)  # a client that takes longer to accept one event is dropped
     log_format: Literal["text", "json"] = "text"  # json: one object per line, with the request id
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ClusterSettings(BaseSettings):
+    """`musicgen-api cluster` only: where the replicas run and how many. Left unset, each is worked out from the
+    Ray cluster's GPUs when it starts (see `cluster.deploy.plan`)."""
+
+    model_config = SettingsConfigDict(env_prefix="MUSICGEN_CLUSTER_", extra="ignore")
+
+    address: str | None = None  # Ray cluster to join ("auto", "ray://head:10001"); none: start Ray on this machine
+    replicas: int | None = Field(None, ge=1)  # fixed replica count (default: one per GPU, or 1 without GPUs)
+    min_replicas: int | None = Field(None, ge=1)  # with max_replicas: autoscale, aiming at one request per replica
+    max_replicas: int | None = Field(None, ge=1)
+    gpus_per_replica: float | None = Field(None, ge=0)  # default 1 when the cluster has GPUs, else 0
+    cpus_per_replica: float = Field(1.0, ge=0)
+    max_queued: int | None = Field(None, ge=1)  # requests that may wait for a replica (default: the replica count)
+
+    @model_validator(mode="after")
+    def _one_way_to_count(self) -> Self:
+        if self.replicas is not None and (self.min_replicas is not None or self.max_replicas is not None):
+            raise ValueError("give either replicas (a fixed count) or min/max replicas (autoscaling), not both")
+        if self.min_replicas is not None and self.max_replicas is not None and self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} is more than max_replicas {self.max_replicas}")
+        return self

@@ -40,13 +40,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def setup_logging(settings: Settings) -> None:
+def log_handler(settings: Settings) -> logging.Handler:
+    """A stderr handler in the chosen format: text, or JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler], force=True)
+    return handler
+
+
+def setup_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[log_handler(settings)], force=True)
 
 
 class _Server(uvicorn.Server):

@@ -46,8 +46,21 @@ class Failed:
 Event = Progress | Completed | Failed
 
 
+class JobStream(Protocol):
+    """One generation as the HTTP side sees it: a stream of events and a way to stop it. `Job` runs here; the
+    cluster's ingress relays one that runs on a replica, whose name is `worker`."""
+
+    id: str
+    worker: str | None
+
+    def cancel(self, reason: str | None = None) -> None: ...
+    def events(self) -> AsyncIterator[Event]: ...
+
+
 class Job:
-    """One generation as the HTTP side sees it: a stream of events and a way to stop it."""
+    """A generation on this process's worker thread."""
+
+    worker: str | None = None  # one process, one slot: nothing to name
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.id = uuid.uuid4().hex[:12]
@@ -106,7 +119,7 @@ class GenerationService:
         """The loaded model, as plain data."""
         return self._renderer.describe()
 
-    def start(self, params: GenerationParams) -> Job:
+    async def start(self, params: GenerationParams) -> Job:
         """Take the slot and start generating, or raise Busy / InvalidRequest without starting anything."""
         if not self._slot.acquire(blocking=False):
             raise Busy("a generation is already running")

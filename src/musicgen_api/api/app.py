@@ -1,9 +1,9 @@
-"""Builds the FastAPI application: the spec's two routes over a GenerationService, the server's limits, and the
-web page at `/`."""
+"""Builds the FastAPI application: the spec's routes over whatever runs the generations (one local slot, or a Ray
+Serve cluster's replicas), the server's limits, and the web page at `/`."""
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -15,7 +15,8 @@ from musicgen_api.api.guards import install_guards, read_json_body
 from musicgen_api.api.schema import MusicRequest, parse_music_request, request_fields
 from musicgen_api.api.sse import EventStreamResponse
 from musicgen_api.config import Settings
-from musicgen_api.service import GenerationService
+from musicgen_api.engine.params import GenerationParams
+from musicgen_api.service import JobStream
 from musicgen_api.web import install_web_page
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # keep proxies from buffering the stream
@@ -37,7 +38,18 @@ MUSIC_OPENAPI: dict[str, Any] = {
 }
 
 
-def create_app(service: GenerationService, settings: Settings) -> FastAPI:
+class Generations(Protocol):
+    """What the routes need: `GenerationService` (one slot in this process) or the cluster's `ReplicaPool`."""
+
+    @property
+    def busy(self) -> bool: ...  # True when a request now would not start at once
+
+    def describe(self) -> dict[str, Any]: ...
+    async def start(self, params: GenerationParams) -> JobStream: ...  # raises Busy or InvalidRequest
+    def shutdown(self) -> None: ...
+
+
+def create_app(service: Generations, settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
@@ -69,7 +81,7 @@ def create_app(service: GenerationService, settings: Settings) -> FastAPI:
     async def music(request: Request) -> StreamingResponse:
         body = await read_json_body(request, settings.max_body_bytes)
         params = parse_music_request(body, settings.max_duration, settings.max_description_chars)
-        job = service.start(params)
+        job = await service.start(params)
         return EventStreamResponse(job, settings.send_timeout_s, SSE_HEADERS)
 
     @app.get("/metrics", include_in_schema=False)

@@ -14,7 +14,7 @@ import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Send
 
-from musicgen_api.service import Completed, Failed, Job, Progress
+from musicgen_api.service import Completed, Failed, JobStream, Progress
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +23,11 @@ def frame(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
 
 
-async def job_stream(job: Job) -> AsyncIterator[bytes]:
+async def job_stream(job: JobStream) -> AsyncIterator[bytes]:
     """The response body for one generation. However it ends (done, failed, client gone), the job is stopped."""
+    served_by = {} if job.worker is None else {"replica": job.worker}  # on a cluster: which replica made it
     try:
-        yield frame({"status": "started"})
+        yield frame({"status": "started", **served_by})
         async for event in job.events():
             match event:
                 case Progress(percent=percent):
@@ -42,6 +43,7 @@ async def job_stream(job: Job) -> AsyncIterator[bytes]:
                             "channels": audio.channels,
                             "duration": audio.duration,
                             "seed": audio.seed,
+                            **served_by,
                         }
                     )
                 case Failed(message=message):
@@ -55,7 +57,7 @@ class EventStreamResponse(StreamingResponse):
     that never reads, or reads a byte a second): the generation is stopped and the slot freed, instead of a stuck
     socket holding them for as long as the client likes."""
 
-    def __init__(self, job: Job, send_timeout: float, headers: dict[str, str]) -> None:
+    def __init__(self, job: JobStream, send_timeout: float, headers: dict[str, str]) -> None:
         super().__init__(job_stream(job), media_type="text/event-stream", headers=headers)
         self.job, self.send_timeout = job, send_timeout
 

@@ -1,0 +1,115 @@
+"""`musicgen-api cluster`: start (or join) Ray, deploy the ingress and the model replicas on Ray Serve, and take
+the application down again on SIGTERM or Ctrl-C.
+
+The queue default is the replica count (the maximum, when autoscaling). Ray counts a request as queued while it is
+still being routed, so a smaller queue turns a burst onto idle replicas into spurious 503s; a larger one lets
+requests wait longer than about one generation, where a prompt 503 and the client's retry serve a user better.
+"""
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray import serve
+from ray.serve import Application
+
+from musicgen_api.cluster.ingress import MusicIngress
+from musicgen_api.cluster.replica import MusicReplica
+from musicgen_api.config import ClusterSettings, Settings
+from musicgen_api.server import setup_logging
+
+log = logging.getLogger("musicgen_api")
+
+APP_NAME = "musicgen"
+INGRESS_CONCURRENCY = 1000  # relayed streams, healthchecks and replica heartbeats: all cheap, none may queue
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The replica deployment's options, resolved against the cluster's resources."""
+
+    gpus_per_replica: float
+    cpus_per_replica: float
+    replicas: int | None  # fixed count, or None when autoscaling
+    min_replicas: int
+    max_replicas: int
+    max_queued: int
+
+    def deployment_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "max_ongoing_requests": 1,
+            "max_queued_requests": self.max_queued,
+            "ray_actor_options": {"num_gpus": self.gpus_per_replica, "num_cpus": self.cpus_per_replica},
+        }
+        if self.replicas is None:
+            options["autoscaling_config"] = {
+                "min_replicas": self.min_replicas,
+                "max_replicas": self.max_replicas,
+                "target_ongoing_requests": 1,
+            }
+        else:
+            options["num_replicas"] = self.replicas
+        return options
+
+    def summary(self) -> str:
+        count = f"{self.replicas}" if self.replicas is not None else f"{self.min_replicas} to {self.max_replicas}"
+        return (
+            f"{count} replica(s), {self.gpus_per_replica:g} GPU and {self.cpus_per_replica:g} CPU each, "
+            f"up to {self.max_queued} queued request(s)"
+        )
+
+
+def plan(cluster: ClusterSettings, gpus_available: float) -> Plan:
+    """Fill in what the operator left unset from the GPUs the Ray cluster has."""
+    gpus = cluster.gpus_per_replica if cluster.gpus_per_replica is not None else (1.0 if gpus_available else 0.0)
+    capacity = max(1, int(gpus_available // gpus)) if gpus else 1
+    if cluster.min_replicas is not None or cluster.max_replicas is not None:  # autoscaling
+        low = cluster.min_replicas or 1
+        high = cluster.max_replicas or max(capacity, low)
+        return Plan(gpus, cluster.cpus_per_replica, None, low, high, cluster.max_queued or high)
+    count = cluster.replicas or capacity
+    return Plan(gpus, cluster.cpus_per_replica, count, count, count, cluster.max_queued or count)
+
+
+def build_application(settings: Settings, replicas: Plan) -> Application:
+    # serve.deployment turned both classes into Deployments, which mypy cannot see
+    model = MusicReplica.options(**replicas.deployment_options()).bind(settings)  # type: ignore[attr-defined]
+    ingress = MusicIngress.options(  # type: ignore[attr-defined]
+        max_ongoing_requests=INGRESS_CONCURRENCY, ray_actor_options={"num_cpus": 0}
+    )
+    return ingress.bind(settings, model)
+
+
+def _wait_for_stop_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+def run(settings: Settings, cluster: ClusterSettings) -> int:
+    setup_logging(settings)
+    ray.init(address=cluster.address, logging_level=logging.WARNING)
+    try:
+        gpus = ray.cluster_resources().get("GPU", 0.0)
+        replicas = plan(cluster, gpus)
+        if replicas.gpus_per_replica * replicas.min_replicas > gpus:
+            log.warning("the Ray cluster has %g GPU(s), fewer than %s need; some wait", gpus, replicas.summary())
+        log.info("deploying %s of %s", replicas.summary(), settings.model)
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        serve.run(build_application(settings, replicas), name=APP_NAME, route_prefix="/")
+        log.info("serving on http://%s:%d (Ray Serve application %r)", settings.host, settings.port, APP_NAME)
+        _wait_for_stop_signal()
+        log.info("stopping: removing the application from Ray Serve")
+        serve.delete(APP_NAME)
+        return 0
+    except RuntimeError as exc:  # a replica failed to start (the model did not load): Serve says why
+        log.error("cannot start: %s", exc)
+        return 2
+    finally:
+        if cluster.address is None:  # Ray was started for this command: take it down too
+            serve.shutdown()
+            ray.shutdown()

@@ -1,0 +1,136 @@
+"""The cluster's front door: the same FastAPI app as a single server, over a pool of Ray Serve replicas.
+
+One ingress replica sees every request, so its counts are the cluster's: the healthcheck answers from the replicas'
+reported states, a full queue becomes the spec's JSON 503 with Retry-After (Ray's own answer is plain text), and a
+replica that dies mid-stream becomes an `{"error": ...}` event instead of a silently cut 200.
+"""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+from fastapi import FastAPI
+from ray import serve
+from ray.exceptions import RayError, TaskCancelledError
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from musicgen_api.api.app import create_app
+from musicgen_api.cluster.board import ReplicaBoard
+from musicgen_api.cluster.logs import setup_replica_logging
+from musicgen_api.cluster.replica import INGRESS_NAME, Accepted, Refused
+from musicgen_api.config import Settings
+from musicgen_api.engine.params import GenerationParams
+from musicgen_api.errors import Busy, InvalidRequest
+from musicgen_api.service import Event, Failed, Progress
+
+log = logging.getLogger(__name__)
+
+REPLICA_LOST = "the replica generating this piece stopped ({}); try again: the next request goes to a working replica"
+
+
+class DisconnectOnCancel:
+    """Ray Serve's `receive()` raises TaskCancelledError once the client has gone, where Starlette expects an
+    `http.disconnect` message; translated, a disconnect ends the stream quietly instead of as an internal error."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def receive_or_disconnect() -> Message:
+            try:
+                return await receive()
+            except TaskCancelledError:
+                return {"type": "http.disconnect"}
+
+        await self.app(scope, receive_or_disconnect, send)
+
+
+class RemoteJob:
+    """A piece generating on a replica, relayed event by event."""
+
+    def __init__(self, stream: DeploymentResponseGenerator, accepted: Accepted, board: ReplicaBoard) -> None:
+        self.id = accepted.job_id
+        self.worker: str | None = accepted.replica
+        self._replica = accepted.replica
+        self._stream, self._board = stream, board
+
+    def cancel(self, reason: str | None = None) -> None:
+        """Cancels the handle call; the replica's handler then stops the worker (and waits for it)."""
+        self._stream.cancel()
+
+    async def events(self) -> AsyncIterator[Event]:
+        try:
+            async for event in self._stream:
+                yield event
+                if not isinstance(event, Progress):
+                    return
+            yield Failed(REPLICA_LOST.format("its stream ended without a result"))
+        except TaskCancelledError:
+            return
+        except RayError as exc:
+            log.warning("job %s: replica %s failed mid-stream: %r", self.id, self.worker, exc)
+            self._board.forget(self._replica)
+            yield Failed(REPLICA_LOST.format(type(exc).__name__))
+
+
+class ReplicaPool:
+    """`Generations` over the model deployment: what `create_app` needs, answered at cluster level."""
+
+    def __init__(self, replicas: DeploymentHandle, board: ReplicaBoard) -> None:
+        self._replicas = replicas.options(stream=True)
+        self._board = board
+
+    @property
+    def busy(self) -> bool:
+        return self._board.busy
+
+    def describe(self) -> dict[str, Any]:
+        return self._board.describe()
+
+    async def start(self, params: GenerationParams) -> RemoteJob:
+        """Send the request to an idle replica (Ray's router picks it), waiting in Ray's bounded queue if all are
+        busy; answer once a replica has started it, so refusals can still be plain HTTP errors."""
+        stream = cast(DeploymentResponseGenerator, self._replicas.generate.remote(params))
+        self._board.waiting += 1
+        try:
+            first = await stream.__anext__()
+        except BackPressureError:
+            raise Busy("every replica is busy and the queue is full") from None
+        except asyncio.CancelledError:  # the client left while its request waited
+            stream.cancel()
+            raise
+        except RayError as exc:
+            log.warning("a replica failed while taking a request: %r", exc)
+            raise Busy("the replica taking this request stopped") from None
+        finally:
+            self._board.waiting -= 1
+        if isinstance(first, Refused):
+            raise Busy(first.message) if first.busy else InvalidRequest(first.message)
+        assert isinstance(first, Accepted), f"unexpected first item from a replica: {first!r}"
+        self._board.report(first.replica, first.phase)
+        return RemoteJob(stream, first, self._board)
+
+    def shutdown(self) -> None:
+        """Nothing runs here: each replica stops its own piece when Serve shuts it down."""
+
+
+@serve.deployment(name=INGRESS_NAME, num_replicas=1)
+@serve.ingress()
+class MusicIngress:
+    def __init__(self, settings: Settings, replicas: DeploymentHandle) -> None:
+        setup_replica_logging(settings, ingress=True)
+        self._settings = settings
+        self._board = ReplicaBoard()
+        self._pool = ReplicaPool(replicas, self._board)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        app = create_app(self._pool, self._settings)
+        app.add_middleware(DisconnectOnCancel)
+        return app
+
+    def report(self, replica: str, phase: int, info: dict[str, Any]) -> None:
+        """Called by each replica on every state change and heartbeat."""
+        self._board.report(replica, phase, info)

@@ -1,0 +1,120 @@
+"""A model replica: one pipeline, one generation slot, on its own GPU, driven over a Ray Serve handle.
+
+Ray admits one request at a time here (`max_ongoing_requests=1`) and counts the replica free as soon as the
+handler returns, so a handler whose client has gone waits, shielded from further cancellation, until the worker
+thread has really stopped: a replica is never offered new work while a cancelled piece still runs on its GPU.
+"""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from ray import serve
+
+from musicgen_api.cluster.board import HEARTBEAT_S
+from musicgen_api.cluster.logs import setup_replica_logging
+from musicgen_api.config import Settings
+from musicgen_api.engine.params import GenerationParams
+from musicgen_api.errors import Busy, InvalidRequest
+from musicgen_api.pipeline import build_pipeline
+from musicgen_api.service import Event, GenerationService, JobStream, Progress
+
+log = logging.getLogger(__name__)
+
+INGRESS_NAME = "MusicIngress"  # the deployment the replicas report to
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """First item of a stream: this replica has started the piece."""
+
+    replica: str
+    job_id: str
+    phase: int
+
+
+@dataclass(frozen=True)
+class Refused:
+    """First and only item of a stream: the request was not started (an InvalidRequest, or Busy)."""
+
+    message: str
+    busy: bool = False
+
+
+async def _until_stopped(job: JobStream) -> None:
+    """Wait for the job's last event, which the service sends once the worker has let go of the slot."""
+
+    async def drain() -> None:
+        async for event in job.events():
+            if not isinstance(event, Progress):
+                return
+
+    stopped = asyncio.ensure_future(drain())
+    while not stopped.done():
+        try:
+            await asyncio.shield(stopped)
+        except asyncio.CancelledError:
+            continue  # cancelled again while waiting: keep waiting, the slot is not free yet
+
+
+@serve.deployment(max_ongoing_requests=1)
+class MusicReplica:
+    async def __init__(self, settings: Settings) -> None:  # type: ignore[misc]  # Serve awaits async constructors
+        setup_replica_logging(settings)
+        pipeline = await asyncio.to_thread(build_pipeline, settings)  # minutes on a GPU: keep the loop answering
+        self._service = GenerationService(pipeline)
+        self._info = pipeline.describe()
+        context = serve.get_replica_context()
+        self._name = context.replica_id.unique_id
+        self._board = serve.get_deployment_handle(INGRESS_NAME, app_name=context.app_name)
+        self._phase = 0
+        self._changed = asyncio.Event()
+        self._heartbeat = asyncio.create_task(self._beat())
+        log.info("replica %s ready: %s", self._name, self._info)
+
+    async def _beat(self) -> None:
+        """Tell the ingress this replica's phase on every change, and at least once a HEARTBEAT_S."""
+        while True:
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._board.report.remote(self._name, self._phase, self._info), HEARTBEAT_S * 2)
+            except Exception as exc:  # the ingress is restarting or overloaded: the next beat tries again
+                log.debug("replica %s: heartbeat not delivered: %r", self._name, exc)
+            try:
+                await asyncio.wait_for(self._changed.wait(), HEARTBEAT_S)
+            except TimeoutError:
+                pass
+
+    def _next_phase(self) -> None:
+        self._phase += 1
+        self._changed.set()
+
+    async def generate(self, params: GenerationParams) -> AsyncIterator[Accepted | Refused | Event]:
+        """Accepted (or Refused), then the job's events; on cancellation, return only once the worker stopped."""
+        try:
+            job = await self._service.start(params)
+        except (InvalidRequest, Busy) as exc:
+            yield Refused(str(exc), busy=isinstance(exc, Busy))
+            return
+        self._next_phase()
+        try:
+            yield Accepted(self._name, job.id, self._phase)
+            async for event in job.events():
+                yield event
+        except (asyncio.CancelledError, GeneratorExit):
+            job.cancel("the client disconnected")
+            await _until_stopped(job)
+            raise
+        finally:
+            self._next_phase()
+
+    def describe(self) -> dict[str, Any]:
+        return self._info
+
+    def __del__(self) -> None:
+        """Serve's graceful shutdown: stop the running piece, so its client hears why, and end the worker."""
+        service = getattr(self, "_service", None)
+        if service is not None:
+            service.shutdown()

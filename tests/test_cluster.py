@@ -1,0 +1,209 @@
+"""`musicgen-api cluster` on a local Ray cluster (`ray start --head` with two logical GPUs, joined with --address
+as a multi-machine cluster is), two tiny-model replicas on the CPU: the spec's meanings at cluster level."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import requests
+
+from musicgen_api.cluster.board import STALE_AFTER_S, ReplicaBoard
+from musicgen_api.cluster.deploy import plan
+from musicgen_api.config import ClusterSettings
+from tests.conftest import OFFLINE_ENV, free_port
+from tests.pools import ask, ask_together, assert_full_pool_refuses, health, leave_mid_stream, wait_until
+from tests.test_api import decode_wav
+
+RAY = str(pathlib.Path(sys.executable).parent / "ray")
+REPLICAS, QUEUE = 2, 2  # the queue defaults to the replica count
+
+# Connects to the cluster first (seconds), then kills each replica named on stdin at once.
+KILLER = """
+import sys, ray
+ray.init(address=sys.argv[1], namespace="serve", logging_level="ERROR")
+print("ready", flush=True)
+for name in sys.stdin:
+    ray.kill(ray.get_actor("SERVE_REPLICA::musicgen#MusicReplica#" + name.strip()), no_restart=True)
+    print("killed", flush=True)
+"""
+
+
+@dataclass
+class Cluster:
+    url: str
+    address: str
+    process: subprocess.Popen[bytes]
+    log_path: pathlib.Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def replica_count(url: str) -> int:
+    return int(requests.get(f"{url}/api/info", timeout=5).json()["replicas"])
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[str]:
+    port = free_port()
+    env = {**OFFLINE_ENV, "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run(
+        [RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=4", "--num-gpus=2",
+         "--include-dashboard=false", "--disable-usage-stats"],
+        check=True, env=env, capture_output=True, timeout=120,
+    )  # fmt: skip
+    yield f"127.0.0.1:{port}"
+    subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_head: str, mono_model: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("cluster") / "cluster.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "musicgen_api", "cluster", "--address", ray_head, "--replicas", str(REPLICAS),
+             "--gpus-per-replica", "1", "--model", str(mono_model), "--device", "cpu", "--no-mbd",
+             "--port", str(port), "--max-duration", "30"],
+            stdout=log, stderr=subprocess.STDOUT, env=OFFLINE_ENV,
+        )  # fmt: skip
+    running = Cluster(f"http://127.0.0.1:{port}", ray_head, process, log_path)
+
+    def ready() -> bool:
+        assert process.poll() is None, f"the cluster command exited:\n{running.log()}"
+        try:
+            return replica_count(running.url) == REPLICAS
+        except requests.RequestException:
+            return False
+
+    wait_until(ready, 240, "two replicas up")
+    yield running
+    process.send_signal(signal.SIGTERM)
+    try:
+        assert process.wait(timeout=60) == 0, running.log()[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+# --- without Ray: the replica board and the deployment plan --------------------------------------------------
+
+
+def test_board_phases_arrive_out_of_order_and_go_stale() -> None:
+    now = [0.0]
+    board = ReplicaBoard(clock=lambda: now[0])
+    assert board.busy  # no replica yet: nothing could start a request
+    board.report("a", 0, {"model": "m"})
+    board.report("b", 0)
+    assert (board.idle, board.busy) == (2, False)
+    board.report("a", 1)  # a started its first piece
+    board.report("a", 0)  # a heartbeat sent before that, delivered late: must not make a idle again
+    assert board.idle == 1
+    board.waiting = 1  # a request on its way to b
+    assert board.busy
+    board.waiting = 0
+    board.report("a", 2)  # a's piece stopped
+    assert board.idle == 2 and board.describe() == {"model": "m", "replicas": 2, "idle_replicas": 2}
+    now[0] = STALE_AFTER_S + 1
+    board.report("b", 2)
+    assert board.describe()["replicas"] == 1  # a went quiet: taken for dead
+    board.forget("b")
+    assert board.busy
+
+
+def test_plan_defaults_follow_the_clusters_gpus() -> None:
+    eight = plan(ClusterSettings(), gpus_available=8)
+    assert (eight.replicas, eight.gpus_per_replica, eight.max_queued) == (8, 1.0, 8)
+    assert eight.deployment_options()["max_ongoing_requests"] == 1
+    cpu_only = plan(ClusterSettings(), gpus_available=0)
+    assert (cpu_only.replicas, cpu_only.gpus_per_replica) == (1, 0.0)
+    halves = plan(ClusterSettings(gpus_per_replica=0.5, max_queued=3), gpus_available=2)
+    assert (halves.replicas, halves.max_queued) == (4, 3)
+    scaling = plan(ClusterSettings(max_replicas=6), gpus_available=2).deployment_options()
+    assert scaling["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 6, "target_ongoing_requests": 1}
+    assert scaling["max_queued_requests"] == 6 and "num_replicas" not in scaling
+
+
+def test_cluster_flags_refuse_contradictions_before_starting_ray() -> None:
+    for flags in (["--replicas", "2", "--max-replicas", "3"], ["--min-replicas", "4", "--max-replicas", "2"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "musicgen_api", "cluster", *flags], capture_output=True, timeout=60, env=OFFLINE_ENV
+        )
+        assert done.returncode == 2
+        assert b"invalid setting" in done.stderr and b"replicas" in done.stderr
+
+
+# --- on a Ray cluster ----------------------------------------------------------------------------------------
+
+
+def test_two_requests_stream_from_different_replicas(cluster: Cluster) -> None:
+    answers, _ = ask_together(cluster.url, 2, duration=4)
+    assert [a.status for a in answers] == [200, 200]
+    replicas = {a.events[0]["replica"] for a in answers}
+    assert len(replicas) == 2, "both requests went to the same replica"
+    for answer in answers:
+        done = answer.events[-1]
+        assert done["status"] == "completed" and done["replica"] == answer.events[0]["replica"]
+        assert any(e.get("status") == "generating" for e in answer.events)
+        wav = decode_wav(done["audio_data"])
+        assert (wav.getframerate(), wav.getsampwidth(), wav.getnframes()) == (32000, 2, 4 * 32000)
+
+
+def test_info_and_healthcheck_speak_for_the_cluster(cluster: Cluster) -> None:
+    info = requests.get(f"{cluster.url}/api/info", timeout=5).json()
+    assert (info["replicas"], info["idle_replicas"], info["channels"], info["max_duration"]) == (2, 2, 1, 30)
+    assert health(cluster.url) == (200, {"status": "healthy"})
+    assert ask(cluster.url, {"description": "x", "duration": 31}).status == 400  # validated before any replica
+    refused = ask(cluster.url, {"description": "x", "mbd": True})  # only a replica knows it has no MBD
+    assert refused.status == 400 and "mbd" in refused.body["error"].lower()
+
+
+def test_beyond_replicas_and_queue_get_json_503(cluster: Cluster) -> None:
+    assert_full_pool_refuses(cluster.url, REPLICAS, QUEUE, duration=20)
+
+
+def test_disconnect_frees_the_replica(cluster: Cluster) -> None:
+    assert leave_mid_stream(cluster.url, duration=30) is not None  # the events say which replica
+    wait_until(lambda: requests.get(f"{cluster.url}/api/info", timeout=5).json()["idle_replicas"] == 2, 10,
+               "both replicas idle")  # fmt: skip
+    wait_until(lambda: "the client disconnected" in cluster.log(), 10, "the replica's cancellation logged")
+    answers, _ = ask_together(cluster.url, 2, duration=2)  # both replicas free: no queueing, one each
+    assert len({a.events[0]["replica"] for a in answers}) == 2
+    assert all(a.events[-1]["status"] == "completed" for a in answers)
+
+
+def test_killed_replica_mid_stream_gives_an_error_event(cluster: Cluster) -> None:
+    """Last in this module: the cluster runs on one replica until Serve has replaced the killed one."""
+    killer = subprocess.Popen(
+        [sys.executable, "-c", KILLER, cluster.address],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )  # fmt: skip
+    assert killer.stdin is not None and killer.stdout is not None
+    try:
+        assert killer.stdout.readline().strip() == b"ready"
+        events = []
+        with requests.post(f"{cluster.url}/api/music", json={"description": "doomed", "duration": 30},
+                           stream=True, timeout=120) as r:  # fmt: skip
+            for line in r.iter_lines():
+                if not line:
+                    continue
+                events.append(json.loads(line[6:]))
+                if len(events) == 3:
+                    killer.stdin.write(events[0]["replica"].encode() + b"\n")
+                    killer.stdin.flush()
+                    assert killer.stdout.readline().strip() == b"killed"
+        assert r.status_code == 200
+        assert "replica" in events[-1]["error"] and "try again" in events[-1]["error"]
+        assert not any(e.get("status") == "completed" for e in events)
+    finally:
+        killer.kill()
+    after = ask(cluster.url, {"description": "after the crash", "duration": 2})
+    assert after.status == 200 and after.events[-1]["status"] == "completed"
+    assert after.events[0]["replica"] != events[0]["replica"]
+    wait_until(lambda: replica_count(cluster.url) == 2, 180, "the killed replica replaced")
