@@ -1,21 +1,27 @@
 """`musicgen-api cluster` on a local Ray cluster (`ray start --head` with two logical GPUs, joined with --address
 as a multi-machine cluster is), two tiny-model replicas on the CPU: the spec's meanings at cluster level."""
 
+import asyncio
 import json
 import os
 import pathlib
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import requests
 
 from musicgen_api.cluster.board import STALE_AFTER_S, ReplicaBoard
 from musicgen_api.cluster.deploy import plan
+from musicgen_api.cluster.replica import Accepted, ReplicaSlot
 from musicgen_api.config import ClusterSettings
+from musicgen_api.engine.params import GenerationParams, RenderedAudio, StepHook
+from musicgen_api.service import GenerationService
 from tests.conftest import OFFLINE_ENV, free_port
 from tests.pools import ask, ask_together, assert_full_pool_refuses, health, leave_mid_stream, wait_until
 from tests.test_api import decode_wav
@@ -130,6 +136,11 @@ def test_plan_defaults_follow_the_clusters_gpus() -> None:
     assert scaling["max_queued_requests"] == 6 and "num_replicas" not in scaling
 
 
+def test_single_process_server_needs_no_ray() -> None:
+    code = "import sys, musicgen_api.server, musicgen_api.cli; assert not any(m.startswith('ray') for m in sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
 def test_cluster_flags_refuse_contradictions_before_starting_ray() -> None:
     for flags in (["--replicas", "2", "--max-replicas", "3"], ["--min-replicas", "4", "--max-replicas", "2"]):
         done = subprocess.run(
@@ -137,6 +148,56 @@ def test_cluster_flags_refuse_contradictions_before_starting_ray() -> None:
         )
         assert done.returncode == 2
         assert b"invalid setting" in done.stderr and b"replicas" in done.stderr
+
+
+class OneLongStep:
+    """A renderer whose one step cannot be interrupted: cancelled during it, the worker stops only after it."""
+
+    def __init__(self) -> None:
+        self.in_step, self.step_may_end = threading.Event(), threading.Event()
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    def check(self, params: GenerationParams) -> None:
+        pass
+
+    def render(self, params: GenerationParams, on_progress: StepHook) -> RenderedAudio:
+        on_progress(1, 100)
+        self.in_step.set()
+        self.step_may_end.wait(30)
+        on_progress(2, 100)  # raises GenerationCancelled once the job is cancelled
+        raise AssertionError("the job was not cancelled")
+
+
+def test_cancelled_replica_handler_returns_only_after_the_worker_stopped() -> None:
+    """Ray frees a replica for the next request when its handler returns: that must not happen while the
+    cancelled piece still runs, however often the handler is cancelled meanwhile."""
+    renderer = OneLongStep()
+    service = GenerationService(renderer)
+    slot = ReplicaSlot(service, "r1")
+
+    async def scenario() -> None:
+        items = []
+
+        async def consume() -> None:
+            async for item in slot.generate(GenerationParams("x", 1)):
+                items.append(item)
+
+        handler = asyncio.create_task(consume())
+        await asyncio.to_thread(renderer.in_step.wait, 10)
+        assert isinstance(items[0], Accepted) and slot.phase == 1
+        for _ in range(3):  # the client went away, and Ray cancels again
+            handler.cancel()
+            await asyncio.sleep(0.1)
+            assert not handler.done() and service.busy
+        renderer.step_may_end.set()
+        with pytest.raises(asyncio.CancelledError):
+            await handler
+        assert not service.busy and slot.phase == 2
+
+    asyncio.run(scenario())
+    service.shutdown()
 
 
 # --- on a Ray cluster ----------------------------------------------------------------------------------------

@@ -7,9 +7,9 @@ thread has really stopped: a replica is never offered new work while a cancelled
 
 import asyncio
 import logging
+from contextlib import aclosing
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 from ray import serve
 
@@ -59,48 +59,29 @@ async def _until_stopped(job: JobStream) -> None:
             continue  # cancelled again while waiting: keep waiting, the slot is not free yet
 
 
-@serve.deployment(max_ongoing_requests=1)
-class MusicReplica:
-    async def __init__(self, settings: Settings) -> None:  # type: ignore[misc]  # Serve awaits async constructors
-        setup_replica_logging(settings)
-        pipeline = await asyncio.to_thread(build_pipeline, settings)  # minutes on a GPU: keep the loop answering
-        self._service = GenerationService(pipeline)
-        self._info = pipeline.describe()
-        context = serve.get_replica_context()
-        self._name = context.replica_id.unique_id
-        self._board = serve.get_deployment_handle(INGRESS_NAME, app_name=context.app_name)
-        self._phase = 0
-        self._changed = asyncio.Event()
-        self._heartbeat = asyncio.create_task(self._beat())
-        log.info("replica %s ready: %s", self._name, self._info)
+class ReplicaSlot:
+    """The replica's one generation slot as Ray drives it: a phase that counts pieces started and stopped (what the
+    heartbeat reports), and a handler that holds on, when cancelled, until the worker has let go."""
 
-    async def _beat(self) -> None:
-        """Tell the ingress this replica's phase on every change, and at least once a HEARTBEAT_S."""
-        while True:
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._board.report.remote(self._name, self._phase, self._info), HEARTBEAT_S * 2)
-            except Exception as exc:  # the ingress is restarting or overloaded: the next beat tries again
-                log.debug("replica %s: heartbeat not delivered: %r", self._name, exc)
-            try:
-                await asyncio.wait_for(self._changed.wait(), HEARTBEAT_S)
-            except TimeoutError:
-                pass
+    def __init__(self, service: GenerationService, name: str) -> None:
+        self.service, self.name = service, name
+        self.phase = 0
+        self.changed = asyncio.Event()
 
     def _next_phase(self) -> None:
-        self._phase += 1
-        self._changed.set()
+        self.phase += 1
+        self.changed.set()
 
     async def generate(self, params: GenerationParams) -> AsyncIterator[Accepted | Refused | Event]:
         """Accepted (or Refused), then the job's events; on cancellation, return only once the worker stopped."""
         try:
-            job = await self._service.start(params)
+            job = await self.service.start(params)
         except (InvalidRequest, Busy) as exc:
             yield Refused(str(exc), busy=isinstance(exc, Busy))
             return
         self._next_phase()
         try:
-            yield Accepted(self._name, job.id, self._phase)
+            yield Accepted(self.name, job.id, self.phase)
             async for event in job.events():
                 yield event
         except (asyncio.CancelledError, GeneratorExit):
@@ -110,11 +91,40 @@ class MusicReplica:
         finally:
             self._next_phase()
 
-    def describe(self) -> dict[str, Any]:
-        return self._info
+
+@serve.deployment(max_ongoing_requests=1)
+class MusicReplica:
+    async def __init__(self, settings: Settings) -> None:  # type: ignore[misc]  # Serve awaits async constructors
+        setup_replica_logging(settings)
+        pipeline = await asyncio.to_thread(build_pipeline, settings)  # minutes on a GPU: keep the loop answering
+        context = serve.get_replica_context()
+        self._slot = ReplicaSlot(GenerationService(pipeline), context.replica_id.unique_id)
+        self._info = pipeline.describe()
+        self._board = serve.get_deployment_handle(INGRESS_NAME, app_name=context.app_name)
+        self._heartbeat = asyncio.create_task(self._beat())
+        log.info("replica %s ready: %s", self._slot.name, self._info)
+
+    async def _beat(self) -> None:
+        """Tell the ingress this replica's phase on every change, and at least once a HEARTBEAT_S."""
+        slot = self._slot
+        while True:
+            slot.changed.clear()
+            try:
+                await asyncio.wait_for(self._board.report.remote(slot.name, slot.phase, self._info), HEARTBEAT_S * 2)
+            except Exception as exc:  # the ingress is restarting or overloaded: the next beat tries again
+                log.debug("replica %s: heartbeat not delivered: %r", slot.name, exc)
+            try:
+                await asyncio.wait_for(slot.changed.wait(), HEARTBEAT_S)
+            except TimeoutError:
+                pass
+
+    async def generate(self, params: GenerationParams) -> AsyncIterator[Accepted | Refused | Event]:
+        async with aclosing(self._slot.generate(params)) as items:  # closed here, not whenever it is collected
+            async for item in items:
+                yield item
 
     def __del__(self) -> None:
         """Serve's graceful shutdown: stop the running piece, so its client hears why, and end the worker."""
-        service = getattr(self, "_service", None)
-        if service is not None:
-            service.shutdown()
+        slot = getattr(self, "_slot", None)
+        if slot is not None:
+            slot.service.shutdown()
