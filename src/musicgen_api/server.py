@@ -17,7 +17,7 @@ from musicgen_api.audio.mbd_checkpoint import MBDLoadError
 from musicgen_api.config import Settings
 from musicgen_api.engine.loading import ModelLoadError
 from musicgen_api.pipeline import build_pipeline
-from musicgen_api.service import GenerationService
+from musicgen_api.service import SHUTDOWN_MESSAGE, GenerationService
 
 log = logging.getLogger("musicgen_api")
 
@@ -60,7 +60,7 @@ class _Server(uvicorn.Server):
         self.service = service
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self.service.stop_current("the server is shutting down; try again in a moment")
+        self.service.stop_current(SHUTDOWN_MESSAGE)
         super().handle_exit(sig, frame)
 
 

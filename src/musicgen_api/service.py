@@ -21,6 +21,8 @@ from musicgen_api.errors import Busy, GenerationFailed
 
 log = logging.getLogger(__name__)
 
+SHUTDOWN_MESSAGE = "the server is shutting down; try again in a moment"  # what a running piece's client hears
+
 
 class Renderer(Protocol):
     def describe(self) -> dict[str, Any]: ...
@@ -174,5 +176,5 @@ class GenerationService:
 
     def shutdown(self) -> None:
         """Stop the running generation, if any, and wait for the worker thread to end."""
-        self.stop_current("the server is shutting down; try again in a moment")
+        self.stop_current(SHUTDOWN_MESSAGE)
         self._worker.shutdown(wait=True)

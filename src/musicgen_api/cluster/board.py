@@ -60,6 +60,14 @@ class ReplicaBoard:
     def idle(self) -> int:
         return sum(not is_generating(state.phase) for state in self._live().values())
 
+    def admits(self, queue: int) -> bool:
+        """Whether one more request fits: every live replica may hold one and `queue` more may wait. Counted here,
+        where every request passes, because Ray's own bound counts requests still being routed and lets a burst
+        through or refuses it by a request or two."""
+        live = self._live()
+        generating = sum(is_generating(state.phase) for state in live.values())
+        return self.waiting + generating < len(live) + queue
+
     @property
     def busy(self) -> bool:
         """No replica could start a request now: each is generating or about to take a request already sent."""

@@ -9,6 +9,8 @@ requests wait longer than about one generation, where a prompt 503 and the clien
 import logging
 import signal
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,13 +19,15 @@ from ray import serve
 from ray.serve import Application
 
 from musicgen_api.cluster.ingress import MusicIngress
-from musicgen_api.cluster.replica import MusicReplica
+from musicgen_api.cluster.replica import INGRESS_NAME, MusicReplica
 from musicgen_api.config import ClusterSettings, Settings
 from musicgen_api.server import setup_logging
+from musicgen_api.service import SHUTDOWN_MESSAGE
 
 log = logging.getLogger("musicgen_api")
 
 APP_NAME = "musicgen"
+STOP_TIMEOUT_S = 30.0  # each shutdown step; replicas get Serve's graceful shutdown within it
 INGRESS_CONCURRENCY = 1000  # relayed streams, healthchecks and replica heartbeats: all cheap, none may queue
 
 
@@ -41,7 +45,9 @@ class Plan:
     def deployment_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {
             "max_ongoing_requests": 1,
-            "max_queued_requests": self.max_queued,
+            # The ingress enforces max_queued exactly; Ray's bound, which also counts requests being routed, is
+            # only a backstop and must not refuse before it.
+            "max_queued_requests": self.max_queued + self.max_replicas,
             "ray_actor_options": {"num_gpus": self.gpus_per_replica, "num_cpus": self.cpus_per_replica},
         }
         if self.replicas is None:
@@ -80,7 +86,7 @@ def build_application(settings: Settings, replicas: Plan) -> Application:
     ingress = MusicIngress.options(  # type: ignore[attr-defined]
         max_ongoing_requests=INGRESS_CONCURRENCY, ray_actor_options={"num_cpus": 0}
     )
-    return ingress.bind(settings, model)
+    return ingress.bind(settings, model, replicas.max_queued)
 
 
 def _wait_for_stop_signal() -> None:
@@ -88,6 +94,27 @@ def _wait_for_stop_signal() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
+
+
+def _within(seconds: float, what: str, step: Callable[[], object]) -> None:
+    """Run a shutdown step, giving up after `seconds`: on Ctrl-C the terminal signals Ray's own processes too, and
+    a step that waits for them would wait forever."""
+    worker = threading.Thread(target=step, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        log.warning("%s did not finish within %g s (Ray is already stopping); going on", what, seconds)
+
+
+def _tell_clients_and_stop_pieces() -> None:
+    """As a single server does on SIGTERM: each running piece's client gets an error event saying why, before the
+    proxies go (Serve's own shutdown would cut the streams without a word)."""
+    ingress = serve.get_deployment_handle(INGRESS_NAME, app_name=APP_NAME)
+    try:
+        ingress.stop_all.remote(SHUTDOWN_MESSAGE, STOP_TIMEOUT_S / 3).result(timeout_s=STOP_TIMEOUT_S / 2)
+        time.sleep(0.5)  # the proxies pass the last events on
+    except Exception as exc:  # Ray is already going (Ctrl-C reaches its processes too): nobody left to tell
+        log.warning("could not tell the clients of running pieces: %r", exc)
 
 
 def run(settings: Settings, cluster: ClusterSettings) -> int:
@@ -103,13 +130,16 @@ def run(settings: Settings, cluster: ClusterSettings) -> int:
         serve.run(build_application(settings, replicas), name=APP_NAME, route_prefix="/")
         log.info("serving on http://%s:%d (Ray Serve application %r)", settings.host, settings.port, APP_NAME)
         _wait_for_stop_signal()
-        log.info("stopping: removing the application from Ray Serve")
-        serve.delete(APP_NAME)
+        _tell_clients_and_stop_pieces()
+        if cluster.address is not None:  # a shared cluster: remove this application only
+            log.info("stopping: removing the application from Ray Serve")
+            _within(STOP_TIMEOUT_S, "removing the application", lambda: serve.delete(APP_NAME))
         return 0
     except RuntimeError as exc:  # a replica failed to start (the model did not load): Serve says why
         log.error("cannot start: %s", exc)
         return 2
     finally:
-        if cluster.address is None:  # Ray was started for this command: take it down too
-            serve.shutdown()
-            ray.shutdown()
+        if cluster.address is None:  # Ray was started for this command: take it all down
+            log.info("stopping: shutting down Ray Serve and the local Ray")
+            _within(STOP_TIMEOUT_S, "stopping Ray Serve", serve.shutdown)
+            _within(STOP_TIMEOUT_S, "stopping Ray", ray.shutdown)

@@ -54,19 +54,38 @@ class RemoteJob:
     def __init__(self, stream: DeploymentResponseGenerator, accepted: Accepted, board: ReplicaBoard) -> None:
         self.id = accepted.job_id
         self.worker: str | None = accepted.replica
-        self._replica = accepted.replica
+        self._replica, self._phase = accepted.replica, accepted.phase
         self._stream, self._board = stream, board
+        self._stop = asyncio.Event()
+        self._stop_reason = ""
+        self.ended = asyncio.Event()  # the relay is over: its last event went to the client, or the client left
 
     def cancel(self, reason: str | None = None) -> None:
         """Cancels the handle call; the replica's handler then stops the worker (and waits for it)."""
         self._stream.cancel()
 
+    def stop(self, reason: str) -> None:
+        """End the relay with `{"error": reason}` (the cluster is shutting down); ending it cancels the piece."""
+        self._stop_reason = reason
+        self._stop.set()
+
     async def events(self) -> AsyncIterator[Event]:
+        stop = asyncio.ensure_future(self._stop.wait())
         try:
-            async for event in self._stream:
+            while True:
+                item = asyncio.ensure_future(self._stream.__anext__())
+                await asyncio.wait((item, stop), return_when=asyncio.FIRST_COMPLETED)
+                if not item.done():
+                    item.cancel()
+                    yield Failed(self._stop_reason)
+                    return
+                event = item.result()
+                if not isinstance(event, Progress):  # sent once the replica's slot is free again
+                    self._board.report(self._replica, self._phase + 1)
                 yield event
                 if not isinstance(event, Progress):
                     return
+        except StopAsyncIteration:
             yield Failed(REPLICA_LOST.format("its stream ended without a result"))
         except TaskCancelledError:
             return
@@ -74,14 +93,18 @@ class RemoteJob:
             log.warning("job %s: replica %s failed mid-stream: %r", self.id, self.worker, exc)
             self._board.forget(self._replica)
             yield Failed(REPLICA_LOST.format(type(exc).__name__))
+        finally:
+            stop.cancel()
+            self.ended.set()
 
 
 class ReplicaPool:
     """`Generations` over the model deployment: what `create_app` needs, answered at cluster level."""
 
-    def __init__(self, replicas: DeploymentHandle, board: ReplicaBoard) -> None:
+    def __init__(self, replicas: DeploymentHandle, board: ReplicaBoard, queue: int) -> None:
         self._replicas = replicas.options(stream=True)
-        self._board = board
+        self._board, self._queue = board, queue
+        self._relaying: set[RemoteJob] = set()
 
     @property
     def busy(self) -> bool:
@@ -93,6 +116,8 @@ class ReplicaPool:
     async def start(self, params: GenerationParams) -> RemoteJob:
         """Send the request to an idle replica (Ray's router picks it), waiting in Ray's bounded queue if all are
         busy; answer once a replica has started it, so refusals can still be plain HTTP errors."""
+        if not self._board.admits(self._queue):
+            raise Busy("every replica is busy and the queue is full")
         stream = cast(DeploymentResponseGenerator, self._replicas.generate.remote(params))
         self._board.waiting += 1
         try:
@@ -111,20 +136,31 @@ class ReplicaPool:
             raise Busy(first.message) if first.busy else InvalidRequest(first.message)
         assert isinstance(first, Accepted), f"unexpected first item from a replica: {first!r}"
         self._board.report(first.replica, first.phase)
-        return RemoteJob(stream, first, self._board)
+        job = RemoteJob(stream, first, self._board)
+        self._relaying.add(job)
+        asyncio.ensure_future(job.ended.wait()).add_done_callback(lambda _: self._relaying.discard(job))
+        return job
+
+    async def stop_all(self, reason: str, within: float) -> None:
+        """Give every running piece's client `{"error": reason}` and wait (up to `within` s) until each has it."""
+        jobs = list(self._relaying)
+        for job in jobs:
+            job.stop(reason)
+        if jobs:
+            await asyncio.wait([asyncio.ensure_future(job.ended.wait()) for job in jobs], timeout=within)
 
     def shutdown(self) -> None:
-        """Nothing runs here: each replica stops its own piece when Serve shuts it down."""
+        """Nothing to release here: `stop_all` ends the relays, and each replica stops its own piece."""
 
 
 @serve.deployment(name=INGRESS_NAME, num_replicas=1)
 @serve.ingress()
 class MusicIngress:
-    def __init__(self, settings: Settings, replicas: DeploymentHandle) -> None:
+    def __init__(self, settings: Settings, replicas: DeploymentHandle, queue: int) -> None:
         setup_replica_logging(settings, ingress=True)
         self._settings = settings
         self._board = ReplicaBoard()
-        self._pool = ReplicaPool(replicas, self._board)
+        self._pool = ReplicaPool(replicas, self._board, queue)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = create_app(self._pool, self._settings)
@@ -134,3 +170,7 @@ class MusicIngress:
     def report(self, replica: str, phase: int, info: dict[str, Any]) -> None:
         """Called by each replica on every state change and heartbeat."""
         self._board.report(replica, phase, info)
+
+    async def stop_all(self, reason: str, within: float) -> None:
+        """Called by `musicgen-api cluster` before it takes the application down."""
+        await self._pool.stop_all(reason, within)

@@ -7,8 +7,8 @@ thread has really stopped: a replica is never offered new work while a cancelled
 
 import asyncio
 import logging
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from ray import serve
@@ -72,7 +72,7 @@ class ReplicaSlot:
         self.phase += 1
         self.changed.set()
 
-    async def generate(self, params: GenerationParams) -> AsyncIterator[Accepted | Refused | Event]:
+    async def generate(self, params: GenerationParams) -> AsyncGenerator[Accepted | Refused | Event, None]:
         """Accepted (or Refused), then the job's events; on cancellation, return only once the worker stopped."""
         try:
             job = await self.service.start(params)
@@ -85,7 +85,7 @@ class ReplicaSlot:
             async for event in job.events():
                 yield event
         except (asyncio.CancelledError, GeneratorExit):
-            job.cancel("the client disconnected")
+            job.cancel("cancelled by the ingress (its client left, or the cluster is stopping)")
             await _until_stopped(job)
             raise
         finally:
