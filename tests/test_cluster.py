@@ -144,13 +144,17 @@ def test_single_process_server_needs_no_ray() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
-def test_cluster_flags_refuse_contradictions_before_starting_ray() -> None:
+def test_cluster_flags_refuse_contradictions_and_dead_addresses_at_once() -> None:
+    def cluster_command(*flags: str) -> subprocess.CompletedProcess[bytes]:
+        command = [sys.executable, "-m", "musicgen_api", "cluster", *flags]
+        return subprocess.run(command, capture_output=True, timeout=60, env=RAY_ENV)
+
     for flags in (["--replicas", "2", "--max-replicas", "3"], ["--min-replicas", "4", "--max-replicas", "2"]):
-        done = subprocess.run(
-            [sys.executable, "-m", "musicgen_api", "cluster", *flags], capture_output=True, timeout=60, env=OFFLINE_ENV
-        )
+        done = cluster_command(*flags)
         assert done.returncode == 2
         assert b"invalid setting" in done.stderr and b"replicas" in done.stderr
+    done = cluster_command("--address", f"127.0.0.1:{free_port()}")
+    assert done.returncode == 2 and b"cannot reach the Ray cluster at 127.0.0.1:" in done.stderr
 
 
 class OneLongStep:

@@ -8,6 +8,7 @@ requests wait longer than about one generation, where a prompt 503 and the clien
 
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -89,13 +90,6 @@ def build_application(settings: Settings, replicas: Plan) -> Application:
     return ingress.bind(settings, model, replicas.max_queued)
 
 
-def _wait_for_stop_signal() -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-
-
 def _within(seconds: float, what: str, step: Callable[[], object]) -> None:
     """Run a shutdown step, giving up after `seconds`: on Ctrl-C the terminal signals Ray's own processes too, and
     a step that waits for them would wait forever."""
@@ -117,9 +111,30 @@ def _tell_clients_and_stop_pieces() -> None:
         log.warning("could not tell the clients of running pieces: %r", exc)
 
 
+def _unreachable(address: str) -> str | None:
+    """Why nothing answers at a HOST:PORT address, found in seconds (Ray itself retries for minutes)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return None  # "auto" or a ray:// client address: left to Ray
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
+    return None
+
+
 def run(settings: Settings, cluster: ClusterSettings) -> int:
     setup_logging(settings)
-    ray.init(address=cluster.address, logging_level=logging.WARNING)
+    problem = _unreachable(cluster.address) if cluster.address else None
+    if problem is not None:
+        log.error("cannot reach the Ray cluster at %s (%s); check --address", cluster.address, problem)
+        return 2
+    try:
+        ray.init(address=cluster.address, logging_level=logging.WARNING)
+    except ConnectionError as exc:
+        log.error("cannot join the Ray cluster at %s: %s; check --address", cluster.address, exc)
+        return 2
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # docker stop, systemd: stop as Ctrl-C does
     try:
         gpus = ray.cluster_resources().get("GPU", 0.0)
         replicas = plan(cluster, gpus)
@@ -129,17 +144,19 @@ def run(settings: Settings, cluster: ClusterSettings) -> int:
         serve.start(http_options={"host": settings.host, "port": settings.port})
         serve.run(build_application(settings, replicas), name=APP_NAME, route_prefix="/")
         log.info("serving on http://%s:%d (Ray Serve application %r)", settings.host, settings.port, APP_NAME)
-        _wait_for_stop_signal()
+        while True:
+            signal.pause()  # until SIGINT or SIGTERM raises KeyboardInterrupt
+    except KeyboardInterrupt:
         _tell_clients_and_stop_pieces()
+        return 0
+    except RuntimeError as exc:  # a replica failed to start (the model did not load)
+        log.error("cannot start: %s; the replica's error is in the log above", exc)
+        return 2
+    finally:
         if cluster.address is not None:  # a shared cluster: remove this application only
             log.info("stopping: removing the application from Ray Serve")
             _within(STOP_TIMEOUT_S, "removing the application", lambda: serve.delete(APP_NAME))
-        return 0
-    except RuntimeError as exc:  # a replica failed to start (the model did not load): Serve says why
-        log.error("cannot start: %s", exc)
-        return 2
-    finally:
-        if cluster.address is None:  # Ray was started for this command: take it all down
+        else:  # Ray was started for this command: take it all down
             log.info("stopping: shutting down Ray Serve and the local Ray")
             _within(STOP_TIMEOUT_S, "stopping Ray Serve", serve.shutdown)
             _within(STOP_TIMEOUT_S, "stopping Ray", ray.shutdown)

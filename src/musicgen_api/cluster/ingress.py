@@ -71,12 +71,12 @@ class RemoteJob:
 
     async def events(self) -> AsyncIterator[Event]:
         stop = asyncio.ensure_future(self._stop.wait())
+        item: asyncio.Future[Any] | None = None
         try:
             while True:
                 item = asyncio.ensure_future(self._stream.__anext__())
                 await asyncio.wait((item, stop), return_when=asyncio.FIRST_COMPLETED)
                 if not item.done():
-                    item.cancel()
                     yield Failed(self._stop_reason)
                     return
                 event = item.result()
@@ -94,7 +94,9 @@ class RemoteJob:
             self._board.forget(self._replica)
             yield Failed(REPLICA_LOST.format(type(exc).__name__))
         finally:
-            stop.cancel()
+            for pending in (item, stop):
+                if pending is not None and not pending.done():
+                    pending.cancel()
             self.ended.set()
 
 
