@@ -19,6 +19,30 @@ from tests.conftest import Server, ServerFactory
 SPEC_DESCRIPTION = "电子音乐，带有强烈的鼓点"
 
 
+SPEC_PYTHON_CLIENT = """
+import requests, json
+print(requests.get('http://localhost:5000/api/healthcheck').json())
+params = {"description": "电子音乐，带有强烈的鼓点", "duration": 30, "mbd": False,
+          "top_k": 250, "top_p": 0.0, "temperature": 1.0, "cfg_coef": 3.0}
+r = requests.post('http://localhost:5000/api/music', json=params,
+                  headers={'Accept': 'text/event-stream'}, stream=True)
+for line in r.iter_lines():
+    if line:
+        event = json.loads(line.decode('utf-8').split('data: ')[1])
+        if event.get('status') == 'completed':
+            audio_b64 = event['audio_data']      # base64 WAV
+        elif event.get('status') == 'generating':
+            print(f"progress: {event['progress']}%")
+"""
+
+
+def run_spec_python_client(url: str) -> dict[str, Any]:
+    """The spec's Python client, unchanged but for the address; returns its variables (audio_b64)."""
+    scope: dict[str, Any] = {}
+    exec(compile(SPEC_PYTHON_CLIENT.replace("http://localhost:5000", url), "spec_client", "exec"), scope)
+    return scope
+
+
 def stream_events(url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     """POST and read the whole SSE stream, checking the framing line by line."""
     with requests.post(f"{url}/api/music", json=body, stream=True, timeout=120) as r:
@@ -57,23 +81,7 @@ def test_healthcheck_idle(mono_server: Server) -> None:
 
 def test_spec_python_client_verbatim(mono_server: Server, capsys: pytest.CaptureFixture[str]) -> None:
     """The spec's Python client, unchanged but for the address, at the spec's 30 s."""
-    client = """
-import requests, json
-print(requests.get('http://localhost:5000/api/healthcheck').json())
-params = {"description": "电子音乐，带有强烈的鼓点", "duration": 30, "mbd": False,
-          "top_k": 250, "top_p": 0.0, "temperature": 1.0, "cfg_coef": 3.0}
-r = requests.post('http://localhost:5000/api/music', json=params,
-                  headers={'Accept': 'text/event-stream'}, stream=True)
-for line in r.iter_lines():
-    if line:
-        event = json.loads(line.decode('utf-8').split('data: ')[1])
-        if event.get('status') == 'completed':
-            audio_b64 = event['audio_data']      # base64 WAV
-        elif event.get('status') == 'generating':
-            print(f"progress: {event['progress']}%")
-""".replace("http://localhost:5000", mono_server.url)
-    scope: dict[str, Any] = {}
-    exec(compile(client, "spec_client", "exec"), scope)
+    scope = run_spec_python_client(mono_server.url)
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "{'status': 'healthy'}"
     progress = [int(line.removeprefix("progress: ").removesuffix("%")) for line in out[1:]]

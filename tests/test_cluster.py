@@ -23,7 +23,7 @@ from musicgen_api.engine.params import GenerationParams, RenderedAudio, StepHook
 from musicgen_api.service import GenerationService
 from tests.conftest import OFFLINE_ENV, free_port
 from tests.pools import ask, ask_together, assert_full_pool_refuses, health, leave_mid_stream, wait_until
-from tests.test_api import decode_wav
+from tests.test_api import decode_wav, run_spec_python_client
 
 RAY = str(pathlib.Path(sys.executable).parent / "ray")
 REPLICAS, QUEUE = 2, 2  # the queue defaults to the replica count
@@ -221,6 +221,14 @@ def test_two_requests_stream_from_different_replicas(cluster: Cluster) -> None:
         assert any(e.get("status") == "generating" for e in answer.events)
         wav = decode_wav(done["audio_data"])
         assert (wav.getframerate(), wav.getsampwidth(), wav.getnframes()) == (32000, 2, 4 * 32000)
+
+
+def test_spec_python_client_through_the_cluster(cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
+    scope = run_spec_python_client(cluster.url)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "{'status': 'healthy'}" and out[-1] == "progress: 100%"
+    with decode_wav(scope["audio_b64"]) as w:
+        assert (w.getframerate(), w.getsampwidth(), w.getnframes()) == (32000, 2, 30 * 32000)
 
 
 def test_info_and_healthcheck_speak_for_the_cluster(cluster: Cluster) -> None:
