@@ -77,3 +77,4 @@ class EventStreamResponse(StreamingResponse):
             self.job.cancel(f"the client took longer than {self.send_timeout:g} s to accept an event")
         finally:
             await body.aclose()  # type: ignore[attr-defined]  # job_stream is an async generator
+            self.job.cancel()  # also when the client was gone before the first byte, and job_stream never ran

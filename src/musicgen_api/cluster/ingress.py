@@ -63,6 +63,7 @@ class RemoteJob:
     def cancel(self, reason: str | None = None) -> None:
         """Cancels the handle call; the replica's handler then stops the worker (and waits for it)."""
         self._stream.cancel()
+        self.ended.set()
 
     def stop(self, reason: str) -> None:
         """End the relay with `{"error": reason}` (the cluster is shutting down); ending it cancels the piece."""
