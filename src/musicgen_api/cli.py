@@ -94,7 +94,9 @@ def _cluster_parser(sub: Any) -> None:
     )
     _server_flags(cluster)
     ray_flags = cluster.add_argument_group("Ray")
-    ray_flags.add_argument("--address", help="Ray cluster to join: auto, or ray://HEAD:10001 (default: start Ray here)")
+    ray_flags.add_argument(
+        "--address", help="Ray cluster to join: HEAD_IP:6379, auto or ray://HEAD_IP:10001 (default: start Ray here)"
+    )
     ray_flags.add_argument("--replicas", type=int, help="fixed number of replicas (default: one per GPU, 1 without)")
     ray_flags.add_argument("--min-replicas", type=int, help="autoscale from this many (default 1 when autoscaling)")
     ray_flags.add_argument("--max-replicas", type=int, help="autoscale up to this many (default: one per GPU)")

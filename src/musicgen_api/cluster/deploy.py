@@ -1,9 +1,9 @@
 """`musicgen-api cluster`: start (or join) Ray, deploy the ingress and the model replicas on Ray Serve, and take
 the application down again on SIGTERM or Ctrl-C.
 
-The queue default is the replica count (the maximum, when autoscaling). Ray counts a request as queued while it is
-still being routed, so a smaller queue turns a burst onto idle replicas into spurious 503s; a larger one lets
-requests wait longer than about one generation, where a prompt 503 and the client's retry serve a user better.
+The queue default is the replica count (the maximum, when autoscaling): a burst as large as the cluster is never
+refused, and no request waits much longer than one generation; a longer queue only delays a 503 that the client
+could act on (retry later, or elsewhere).
 """
 
 import logging
@@ -103,8 +103,8 @@ def _within(seconds: float, what: str, step: Callable[[], object]) -> None:
 def _tell_clients_and_stop_pieces() -> None:
     """As a single server does on SIGTERM: each running piece's client gets an error event saying why, before the
     proxies go (Serve's own shutdown would cut the streams without a word)."""
-    ingress = serve.get_deployment_handle(INGRESS_NAME, app_name=APP_NAME)
     try:
+        ingress = serve.get_deployment_handle(INGRESS_NAME, app_name=APP_NAME)
         ingress.stop_all.remote(SHUTDOWN_MESSAGE, STOP_TIMEOUT_S / 3).result(timeout_s=STOP_TIMEOUT_S / 2)
         time.sleep(0.5)  # the proxies pass the last events on
     except Exception as exc:  # Ray is already going (Ctrl-C reaches its processes too): nobody left to tell
