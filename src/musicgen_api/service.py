@@ -53,7 +53,9 @@ class JobStream(Protocol):
     cluster's ingress relays one that runs on a replica, whose name is `worker`."""
 
     id: str
-    worker: str | None
+
+    @property
+    def worker(self) -> str | None: ...
 
     def cancel(self, reason: str | None = None) -> None: ...
     def events(self) -> AsyncIterator[Event]: ...

@@ -24,32 +24,29 @@ def frame(payload: dict[str, Any]) -> bytes:
 
 
 async def job_stream(job: JobStream) -> AsyncIterator[bytes]:
-    """The response body for one generation. However it ends (done, failed, client gone), the job is stopped."""
+    """The response body for one generation (EventStreamResponse stops the job however the response ends)."""
     served_by = {} if job.worker is None else {"replica": job.worker}  # on a cluster: which replica made it
-    try:
-        yield frame({"status": "started", **served_by})
-        async for event in job.events():
-            match event:
-                case Progress(percent=percent):
-                    yield frame({"status": "generating", "progress": percent})
-                case Completed(audio=audio):
-                    yield frame(
-                        {
-                            "status": "completed",
-                            "audio_data": base64.b64encode(audio.data).decode("ascii"),
-                            "format": audio.format,
-                            "mime_type": audio.mime_type,
-                            "sample_rate": audio.sample_rate,
-                            "channels": audio.channels,
-                            "duration": audio.duration,
-                            "seed": audio.seed,
-                            **served_by,
-                        }
-                    )
-                case Failed(message=message):
-                    yield frame({"error": message})
-    finally:
-        job.cancel()
+    yield frame({"status": "started", **served_by})
+    async for event in job.events():
+        match event:
+            case Progress(percent=percent):
+                yield frame({"status": "generating", "progress": percent})
+            case Completed(audio=audio):
+                yield frame(
+                    {
+                        "status": "completed",
+                        "audio_data": base64.b64encode(audio.data).decode("ascii"),
+                        "format": audio.format,
+                        "mime_type": audio.mime_type,
+                        "sample_rate": audio.sample_rate,
+                        "channels": audio.channels,
+                        "duration": audio.duration,
+                        "seed": audio.seed,
+                        **served_by,
+                    }
+                )
+            case Failed(message=message):
+                yield frame({"error": message})
 
 
 class EventStreamResponse(StreamingResponse):
@@ -77,4 +74,4 @@ class EventStreamResponse(StreamingResponse):
             self.job.cancel(f"the client took longer than {self.send_timeout:g} s to accept an event")
         finally:
             await body.aclose()  # type: ignore[attr-defined]  # job_stream is an async generator
-            self.job.cancel()  # also when the client was gone before the first byte, and job_stream never ran
+            self.job.cancel()  # however it ended, also when the client was gone before the first byte

@@ -64,9 +64,7 @@ class ReplicaBoard:
         """Whether one more request fits: every live replica may hold one and `queue` more may wait. Counted here,
         where every request passes, because Ray's own bound counts requests still being routed and lets a burst
         through or refuses it by a request or two."""
-        live = self._live()
-        generating = sum(is_generating(state.phase) for state in live.values())
-        return self.waiting + generating < len(live) + queue
+        return self.waiting < self.idle + queue  # (waiting + generating) < (live + queue), generating = live - idle
 
     @property
     def busy(self) -> bool:

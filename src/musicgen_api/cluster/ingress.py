@@ -53,8 +53,7 @@ class RemoteJob:
 
     def __init__(self, stream: DeploymentResponseGenerator, accepted: Accepted, board: ReplicaBoard) -> None:
         self.id = accepted.job_id
-        self.worker: str | None = accepted.replica
-        self._replica, self._phase = accepted.replica, accepted.phase
+        self.worker, self._phase = accepted.replica, accepted.phase
         self._stream, self._board = stream, board
         self._stop = asyncio.Event()
         self._stop_reason = ""
@@ -81,10 +80,11 @@ class RemoteJob:
                     yield Failed(self._stop_reason)
                     return
                 event = item.result()
-                if not isinstance(event, Progress):  # sent once the replica's slot is free again
-                    self._board.report(self._replica, self._phase + 1)
+                last = not isinstance(event, Progress)
+                if last:  # sent once the replica's slot is free again
+                    self._board.report(self.worker, self._phase + 1)
                 yield event
-                if not isinstance(event, Progress):
+                if last:
                     return
         except StopAsyncIteration:
             yield Failed(REPLICA_LOST.format("its stream ended without a result"))
@@ -92,7 +92,7 @@ class RemoteJob:
             return
         except RayError as exc:
             log.warning("job %s: replica %s failed mid-stream: %r", self.id, self.worker, exc)
-            self._board.forget(self._replica)
+            self._board.forget(self.worker)
             yield Failed(REPLICA_LOST.format(type(exc).__name__))
         finally:
             for pending in (item, stop):
@@ -140,13 +140,12 @@ class ReplicaPool:
         assert isinstance(first, Accepted), f"unexpected first item from a replica: {first!r}"
         self._board.report(first.replica, first.phase)
         job = RemoteJob(stream, first, self._board)
-        self._relaying.add(job)
-        asyncio.ensure_future(job.ended.wait()).add_done_callback(lambda _: self._relaying.discard(job))
+        self._relaying = {running for running in self._relaying if not running.ended.is_set()} | {job}
         return job
 
     async def stop_all(self, reason: str, within: float) -> None:
         """Give every running piece's client `{"error": reason}` and wait (up to `within` s) until each has it."""
-        jobs = list(self._relaying)
+        jobs = [job for job in self._relaying if not job.ended.is_set()]
         for job in jobs:
             job.stop(reason)
         if jobs:
