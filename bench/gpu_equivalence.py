@@ -13,12 +13,10 @@ from musicgen_api.bench.random_model import build_random_musicgen, build_tokeniz
 from musicgen_api.engine.conditioning import TextConditioner
 from musicgen_api.engine.fast import FastEngine
 from musicgen_api.engine.loading import MusicgenBundle
-from musicgen_api.engine.params import GenerationParams
 from musicgen_api.engine.reference import TransformersEngine
+from musicgen_api.generation import GenerationParams, Unwatched
 
-
-def ignore(done: int, total: int) -> None:
-    pass
+ignore = Unwatched()
 
 
 def main() -> None:
@@ -32,10 +30,10 @@ def main() -> None:
         device = torch.device(args.device)
         bundle = MusicgenBundle(model=model, tokenizer=build_tokenizer(), device=device, dtype=dtype)
         conditioner = TextConditioner(bundle, max_tokens=512)
-        engine = FastEngine(bundle, conditioner, window_seconds=4)
         greedy = GenerationParams("80s pop track with bassy drums and synth", duration=4, top_k=1)
-        ours = engine.generate(greedy, ignore)
         theirs = TransformersEngine(bundle, conditioner).generate(greedy, ignore)
+        engine = FastEngine(bundle, conditioner, window_seconds=4)  # takes the decoder's weights from the bundle
+        ours = engine.generate(greedy, ignore)
         name = str(dtype).removeprefix("torch.")
         report[f"greedy_match_{name}"] = round((ours == theirs).float().mean().item(), 4)
         first_diff = (ours != theirs).any(0).nonzero()

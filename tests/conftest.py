@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from musicgen_api.bench.random_model import save_random_musicgen
+from musicgen_api.generation import GenerationCancelled
 
 MBD_FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "mbd" / "mbd_tiny.th"  # fits the tiny model's codec
 OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -36,6 +37,27 @@ def stereo_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def melody_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return save_random_musicgen(tmp_path_factory.mktemp("musicgen-melody"), "tiny", melody=True)
+
+
+class Recorder:
+    """A `Progress` and `JobControl` that keeps what it hears, and cancels once `cancel_after` steps are done."""
+
+    def __init__(self, cancel_after: int | None = None) -> None:
+        self.cancel_after = cancel_after
+        self.steps = 0
+        self.advances: list[int] = []  # the step count after each advance
+        self.reports: list[float] = []  # the job fractions reported
+
+    def advance(self, steps: int) -> None:
+        self.steps += steps
+        self.advances.append(self.steps)
+
+    def report(self, done: float) -> None:
+        self.reports.append(done)
+
+    def stop_if_cancelled(self) -> None:
+        if self.cancel_after is not None and self.steps >= self.cancel_after:
+            raise GenerationCancelled
 
 
 def free_port() -> int:

@@ -139,48 +139,50 @@ def test_transformers_backend_serves_too(server_factory: ServerFactory, mono_mod
         assert w.getnframes() == 2 * 32000
 
 
-INVALID_BODIES: list[tuple[Any, str]] = [
-    ({}, "description"),
-    ({"description": ""}, "description"),
-    ({"description": "   \n\t"}, "description"),
-    ({"description": None}, "description"),
-    ({"description": 12}, "description"),
-    ({"description": "x", "duration": 0}, "duration"),
-    ({"description": "x", "duration": -3}, "duration"),
-    ({"description": "x", "duration": "30"}, "duration"),
-    ({"description": "x", "duration": 30.5}, "duration"),
-    ({"description": "x", "duration": 2.0}, "duration"),
-    ({"description": "x", "duration": True}, "duration"),
-    ({"description": "x", "duration": 121}, "duration"),
-    ({"description": "x", "duration": 10**30}, "duration"),
-    ({"description": "x", "mbd": 1}, "mbd"),
-    ({"description": "x", "mbd": "false"}, "mbd"),
-    ({"description": "x", "top_k": 0}, "top_k"),
-    ({"description": "x", "top_k": 2.5}, "top_k"),
-    ({"description": "x", "top_k": True}, "top_k"),
-    ({"description": "x", "top_p": -0.1}, "top_p"),
-    ({"description": "x", "top_p": 1.5}, "top_p"),
-    ({"description": "x", "top_p": False}, "top_p"),
-    ({"description": "x", "top_p": "0.5"}, "top_p"),
-    ({"description": "x", "temperature": 0}, "temperature"),
-    ({"description": "x", "temperature": -1.0}, "temperature"),
-    ({"description": "x", "temperature": True}, "temperature"),
-    ({"description": "x", "cfg_coef": True}, "cfg_coef"),
-    ({"description": "x", "cfg_coef": None}, "cfg_coef"),
-    ({"description": "x", "temprature": 1.0}, "temprature"),
-    ({"description": "x", "sed": 3}, "sed"),
-    ([{"description": "x"}], "JSON object"),
-    ("just a string", "JSON object"),
-    ({"description": "x" * 2001}, "2000"),
+INVALID_BODIES: list[tuple[Any, str, str | None]] = [  # body, a word the message has, the field it names
+    ({}, "description", "description"),
+    ({"description": ""}, "description", "description"),
+    ({"description": "   \n\t"}, "description", "description"),
+    ({"description": None}, "description", "description"),
+    ({"description": 12}, "description", "description"),
+    ({"description": "x", "duration": 0}, "duration", "duration"),
+    ({"description": "x", "duration": -3}, "duration", "duration"),
+    ({"description": "x", "duration": "30"}, "duration", "duration"),
+    ({"description": "x", "duration": 30.5}, "duration", "duration"),
+    ({"description": "x", "duration": 2.0}, "duration", "duration"),
+    ({"description": "x", "duration": True}, "duration", "duration"),
+    ({"description": "x", "duration": 121}, "duration", "duration"),
+    ({"description": "x", "duration": 10**30}, "duration", "duration"),
+    ({"description": "x", "mbd": 1}, "mbd", "mbd"),
+    ({"description": "x", "mbd": "false"}, "mbd", "mbd"),
+    ({"description": "x", "top_k": 0}, "top_k", "top_k"),
+    ({"description": "x", "top_k": 2.5}, "top_k", "top_k"),
+    ({"description": "x", "top_k": True}, "top_k", "top_k"),
+    ({"description": "x", "top_p": -0.1}, "top_p", "top_p"),
+    ({"description": "x", "top_p": 1.5}, "top_p", "top_p"),
+    ({"description": "x", "top_p": False}, "top_p", "top_p"),
+    ({"description": "x", "top_p": "0.5"}, "top_p", "top_p"),
+    ({"description": "x", "temperature": 0}, "temperature", "temperature"),
+    ({"description": "x", "temperature": -1.0}, "temperature", "temperature"),
+    ({"description": "x", "temperature": True}, "temperature", "temperature"),
+    ({"description": "x", "cfg_coef": True}, "cfg_coef", "cfg_coef"),
+    ({"description": "x", "cfg_coef": None}, "cfg_coef", "cfg_coef"),
+    ({"description": "x", "temprature": 1.0}, "temprature", "temprature"),
+    ({"description": "x", "sed": 3}, "sed", "sed"),
+    ([{"description": "x"}], "JSON object", None),
+    ("just a string", "JSON object", None),
+    ({"description": "x" * 2001}, "2000", "description"),
 ]
 
 
-@pytest.mark.parametrize(("body", "named"), INVALID_BODIES)
-def test_invalid_requests_are_400_naming_the_field(mono_server: Server, body: Any, named: str) -> None:
+@pytest.mark.parametrize(("body", "named", "field"), INVALID_BODIES)
+def test_invalid_requests_are_400_naming_the_field(
+    mono_server: Server, body: Any, named: str, field: str | None
+) -> None:
     r = requests.post(f"{mono_server.url}/api/music", json=body, timeout=10)
     assert r.status_code == 400, r.text
     assert named in r.json()["error"]
-    assert list(r.json()) == ["error"]
+    assert r.json() == ({"error": r.json()["error"]} if field is None else {"error": r.json()["error"], "field": field})
 
 
 @pytest.mark.parametrize(

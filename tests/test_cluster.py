@@ -19,7 +19,7 @@ from musicgen_api.cluster.board import STALE_AFTER_S, ReplicaBoard
 from musicgen_api.cluster.deploy import plan
 from musicgen_api.cluster.replica import Accepted, ReplicaSlot
 from musicgen_api.config import ClusterSettings
-from musicgen_api.engine.params import GenerationParams, RenderedAudio, StepHook
+from musicgen_api.generation import GenerationParams, JobControl, RenderedAudio
 from musicgen_api.service import GenerationService
 from tests.conftest import OFFLINE_ENV, free_port
 from tests.pools import ask, ask_together, assert_full_pool_refuses, health, leave_mid_stream, wait_until
@@ -169,11 +169,11 @@ class OneLongStep:
     def check(self, params: GenerationParams) -> None:
         pass
 
-    def render(self, params: GenerationParams, on_progress: StepHook) -> RenderedAudio:
-        on_progress(1, 100)
+    def render(self, params: GenerationParams, job: JobControl) -> RenderedAudio:
+        job.report(0.01)
         self.in_step.set()
         self.step_may_end.wait(30)
-        on_progress(2, 100)  # raises GenerationCancelled once the job is cancelled
+        job.stop_if_cancelled()  # raises GenerationCancelled once the job is cancelled
         raise AssertionError("the job was not cancelled")
 
 

@@ -11,18 +11,18 @@ from musicgen_api.engine.decoder import MusicgenDecoder
 from musicgen_api.engine.delay import sequence_length
 from musicgen_api.engine.fast import FastEngine
 from musicgen_api.engine.loading import MusicgenBundle, load_musicgen
-from musicgen_api.engine.params import GenerationCancelled, GenerationParams
 from musicgen_api.engine.reference import TransformersEngine
 from musicgen_api.engine.sampling import sample_next
+from musicgen_api.generation import GenerationCancelled, GenerationParams, Unwatched
 from musicgen_api.pipeline import build_pipeline
+from tests.conftest import Recorder
+
+no_progress = Unwatched()
 
 
-def no_progress(done: int, total: int) -> None:
-    pass
-
-
-@pytest.fixture(scope="module", params=["mono", "stereo"])
+@pytest.fixture(params=["mono", "stereo"])
 def bundle(request: pytest.FixtureRequest) -> MusicgenBundle:
+    """A fresh load per test: a FastEngine takes the decoder's weights out of the bundle it is built from."""
     path: pathlib.Path = request.getfixturevalue(f"{request.param}_model")
     return load_musicgen(str(path), device="cpu")
 
@@ -32,8 +32,8 @@ def bundle(request: pytest.FixtureRequest) -> MusicgenBundle:
 def test_greedy_codes_match_transformers(bundle: MusicgenBundle, description: str, cfg_coef: float) -> None:
     conditioner = TextConditioner(bundle, max_tokens=64)
     params = GenerationParams(description, duration=2, top_k=1, cfg_coef=cfg_coef)
-    fast = FastEngine(bundle, conditioner, window_seconds=3).generate(params, no_progress)
     reference = TransformersEngine(bundle, conditioner).generate(params, no_progress)
+    fast = FastEngine(bundle, conditioner, window_seconds=3).generate(params, no_progress)
     assert fast.shape == (bundle.num_codebooks, 100)
     assert torch.equal(fast, reference)
 
@@ -68,17 +68,16 @@ def test_fixed_seed_reproduces_codes_and_sampling_varies(bundle: MusicgenBundle)
 def test_progress_reaches_every_step_and_cancellation_stops(bundle: MusicgenBundle) -> None:
     engine = FastEngine(bundle, TextConditioner(bundle, max_tokens=64), window_seconds=2)
     params = GenerationParams("x", duration=1)
-    seen: list[int] = []
-    engine.generate(params, lambda done, total: seen.append(done))
+    seen = Recorder()
+    engine.generate(params, seen)
     steps = sequence_length(params.frames, bundle.num_codebooks, bundle.audio_channels) - 1
-    assert seen == list(range(1, steps + 1))
+    assert seen.advances == list(range(1, steps + 1))
 
-    def stop_at_five(done: int, total: int) -> None:
-        if done == 5:
-            raise GenerationCancelled
-
+    cancelled = Recorder(cancel_after=5)
     with pytest.raises(GenerationCancelled):
-        engine.generate(params, stop_at_five)
+        engine.generate(params, cancelled)
+    assert cancelled.advances == [1, 2, 3, 4, 5]  # no step ran after the cancellation was seen
+    assert int(engine.pos) == 5
 
 
 def _distribution(batch: int = 3, codebooks: int = 4, vocab: int = 64) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,16 +19,14 @@ from musicgen_api.config import Settings
 from musicgen_api.engine.conditioning import TextConditioner
 from musicgen_api.engine.fast import FastEngine
 from musicgen_api.engine.loading import load_musicgen
-from musicgen_api.engine.long_form import generate_long, plan_windows
-from musicgen_api.engine.params import GenerationParams
+from musicgen_api.engine.long_form import generate_long, plan_windows, total_steps
 from musicgen_api.errors import InvalidRequest
+from musicgen_api.generation import GenerationParams, Unwatched
 from musicgen_api.pipeline import MusicPipeline, build_pipeline
-from tests.conftest import Server, ServerFactory
+from tests.conftest import Recorder, Server, ServerFactory
 from tests.test_api import stream_events
 
-
-def ignore(done: int, total: int) -> None:
-    pass
+ignore = Unwatched()
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +54,8 @@ def test_each_window_continues_exactly_from_the_last(mono_model: pathlib.Path) -
         return out
 
     engine.generate = spy  # type: ignore[method-assign]
-    progress: list[tuple[int, int]] = []
-    codes = generate_long(
-        engine, GenerationParams("long", 5), lambda d, t: progress.append((d, t)), 250, window=100, stride=50
-    )
+    progress = Recorder()
+    codes = generate_long(engine, GenerationParams("long", 5), progress, 250, window=100, stride=50)
     assert codes.shape == (4, 250)
     assert len(calls) == 1 + 3  # 100 frames, then 3 × 50 new frames keeping 50
     made = calls[0][1]
@@ -68,8 +64,7 @@ def test_each_window_continues_exactly_from_the_last(mono_model: pathlib.Path) -
         assert torch.equal(out[:, :50], prompt)  # the window's output starts with its prompt, untouched
         made = torch.cat([made, out[:, 50:]], dim=1)
     assert torch.equal(made, codes)
-    done = [d for d, _ in progress]
-    assert done == sorted(done) and done[-1] == progress[-1][1]
+    assert progress.steps == total_steps(250, 0, 100, 50, engine.num_codebooks, engine.channels)
 
 
 def test_same_seed_same_bytes_other_seed_other_audio(pipeline: MusicPipeline) -> None:

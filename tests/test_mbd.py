@@ -20,10 +20,10 @@ from musicgen_api.audio.codec import EncodecCodec
 from musicgen_api.audio.mbd import MultiBandDiffusion, load_mbd
 from musicgen_api.audio.mbd_checkpoint import MBDLoadError, load_checkpoint
 from musicgen_api.config import Settings
-from musicgen_api.engine.params import GenerationParams
+from musicgen_api.generation import GenerationParams
 from musicgen_api.pipeline import build_pipeline
 from musicgen_api.service import Completed, Failed, GenerationService
-from tests.conftest import MBD_FIXTURE
+from tests.conftest import MBD_FIXTURE, Recorder
 
 FIXTURES = MBD_FIXTURE.parent
 
@@ -134,12 +134,11 @@ def test_weights_for_another_codec_are_refused() -> None:
 def test_stereo_pipeline_gives_two_channels(stereo_model: pathlib.Path) -> None:
     settings = Settings(model=str(stereo_model), device="cpu", max_duration=2, mbd_weights=str(MBD_FIXTURE))
     pipeline = build_pipeline(settings)
-    seen: list[tuple[int, int]] = []
-    audio = pipeline.render(GenerationParams("stereo pads", duration=1, mbd=True), lambda d, t: seen.append((d, t)))
+    seen = Recorder()
+    audio = pipeline.render(GenerationParams("stereo pads", duration=1, mbd=True), seen)
     with wave.open(io.BytesIO(audio.data)) as w:
         assert (w.getnchannels(), w.getnframes()) == (2, 32000)
-    fractions = [d / t for d, t in seen]
-    assert fractions == sorted(fractions) and fractions[-1] == 1
+    assert seen.reports == sorted(seen.reports) and seen.reports[-1] == 1
 
 
 def test_cancel_during_diffusion_stops_within_one_pass(mono_model: pathlib.Path) -> None:

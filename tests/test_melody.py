@@ -12,8 +12,8 @@ import torch
 
 from musicgen_api.config import Settings
 from musicgen_api.engine.melody import MelodyEngine
-from musicgen_api.engine.params import GenerationParams
 from musicgen_api.errors import InvalidRequest
+from musicgen_api.generation import GenerationParams, Unwatched
 from musicgen_api.pipeline import MusicPipeline, build_pipeline
 from tests.conftest import Server, ServerFactory
 from tests.test_api import decode_wav, stream_events
@@ -28,8 +28,7 @@ def sine_wav(frequency: float, seconds: float = 2.0, rate: int = 44_100) -> byte
     return buffer.getvalue()
 
 
-def ignore(done: int, total: int) -> None:
-    pass
+ignore = Unwatched()
 
 
 @pytest.fixture(scope="module")

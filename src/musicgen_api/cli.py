@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, get_args
 from pydantic import ValidationError
 
 from musicgen_api.config import Backend, ClusterSettings, Device, DType, Settings
-from musicgen_api.engine.params import AudioFormat, Normalization
 from musicgen_api.errors import Busy, GenerationFailed, InvalidRequest
+from musicgen_api.generation import AudioFormat, Normalization
 
 if TYPE_CHECKING:
     from musicgen_api.client import Clip
@@ -75,8 +75,11 @@ def _server_flags(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--log-format", choices=["text", "json"], help="json: one object per line with request ids")
     serve.add_argument("--api-key", help="require Authorization: Bearer KEY on all but the healthcheck")
     serve.add_argument("--cors-origins", nargs="+", help="browser origins allowed to call the API (default none)")
-    serve.add_argument("--send-timeout", dest="send_timeout_s", type=float, help="drop a client that takes longer "
-                       "than this to accept one event, seconds (default 30)")  # fmt: skip
+    serve.add_argument(
+        "--send-timeout",
+        type=float,
+        help="drop a client that takes longer than this to accept one event, seconds (default 30)",
+    )
     serve.add_argument("--max-body-bytes", type=int, help="largest request body (default 16 MiB)")
 
 
@@ -285,7 +288,7 @@ def generate(args: argparse.Namespace) -> int:
         transient=True,  # the bar gives way to the one line that says how it ended
         disable=args.quiet or not sys.stderr.isatty(),  # a bar in a log file is noise
     )
-    exit_codes = {
+    exit_codes: dict[type[Exception], int] = {
         InvalidRequest: EXIT_BAD_INPUT,
         Busy: EXIT_BUSY,
         client.ServerUnreachable: EXIT_UNREACHABLE,

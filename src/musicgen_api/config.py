@@ -4,6 +4,8 @@ Every knob an operator can turn lives here, so the rest of the code takes a `Set
 environment itself.
 """
 
+import logging
+import os
 from typing import Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
@@ -12,6 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 Device = Literal["auto", "cuda", "cpu"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 Backend = Literal["fast", "transformers"]
+
+log = logging.getLogger(__name__)
 
 
 class Settings(BaseSettings):
@@ -35,9 +39,20 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None  # when set, every endpoint but the healthcheck wants "Authorization: Bearer <key>"
     cors_origins: list[str] = []  # browser origins allowed to call the API from other sites
     max_body_bytes: int = Field(16 * 2**20, ge=1024)  # largest request body (an audio_prompt is the big part)
-    send_timeout_s: float = Field(30.0, gt=0)  # a client that takes longer to accept one event is dropped
+    send_timeout: float = Field(30.0, gt=0)  # a client that takes longer to accept one event is dropped
     log_format: Literal["text", "json"] = "text"  # json: one object per line, with the request id
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _windows_overlap(self) -> Self:
+        if self.extend_stride >= self.window:
+            raise ValueError(f"--extend-stride ({self.extend_stride}) must be shorter than --window ({self.window})")
+        return self
+
+    @property
+    def decode_window(self) -> int:
+        """Seconds decoded in one window: MusicGen's window, or less when no request may be that long."""
+        return min(self.window, self.max_duration)
 
 
 class ClusterSettings(BaseSettings):
@@ -61,3 +76,22 @@ class ClusterSettings(BaseSettings):
         if self.min_replicas is not None and self.max_replicas is not None and self.min_replicas > self.max_replicas:
             raise ValueError(f"min_replicas {self.min_replicas} is more than max_replicas {self.max_replicas}")
         return self
+
+
+# MUSICGEN_* variables read by the `generate`/`health` client rather than by a Settings class.
+CLIENT_VARIABLES = ("MUSICGEN_URL",)
+
+
+def unknown_variables() -> list[str]:
+    """`MUSICGEN_*` environment variables that no settings class (nor the client) reads: most likely misspelt."""
+    known = set(CLIENT_VARIABLES)
+    for kind in (Settings, ClusterSettings):
+        prefix = str(kind.model_config.get("env_prefix", ""))
+        known |= {f"{prefix}{name}".upper() for name in kind.model_fields}
+    return sorted(name for name in os.environ if name.upper().startswith("MUSICGEN_") and name.upper() not in known)
+
+
+def warn_unknown_variables() -> None:
+    """Say so at start-up: a misspelt variable would otherwise be ignored without a word."""
+    for name in unknown_variables():
+        log.warning("ignoring the environment variable %s: no setting has that name (see the README's Options)", name)

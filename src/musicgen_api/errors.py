@@ -2,7 +2,12 @@
 
 
 class InvalidRequest(ValueError):
-    """The request cannot be served as asked; the message names the field and what to send instead (HTTP 400)."""
+    """The request cannot be served as asked; the message names the field and what to send instead (HTTP 400).
+    `field` is the request field at fault, for clients that mark it (None when the body as a whole is wrong)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class PayloadTooLarge(InvalidRequest):

@@ -9,7 +9,7 @@ failures the user can act on (out of memory, unsupported options) into the proje
 import logging
 import secrets
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,29 +21,20 @@ from musicgen_api.audio.formats import MIME_TYPES, decode_audio, encode_audio, p
 from musicgen_api.audio.loudness import normalize
 from musicgen_api.audio.mbd import MultiBandDiffusion, load_mbd
 from musicgen_api.config import Settings
+from musicgen_api.engine.backend import CodeGenerator
 from musicgen_api.engine.conditioning import TextConditioner
 from musicgen_api.engine.fast import FastEngine
 from musicgen_api.engine.loading import MusicgenBundle, load_musicgen
 from musicgen_api.engine.long_form import generate_long, total_steps
 from musicgen_api.engine.melody import MelodyEngine
-from musicgen_api.engine.params import FRAME_RATE, GenerationParams, RenderedAudio, StepHook
 from musicgen_api.engine.reference import TransformersEngine
 from musicgen_api.errors import GenerationFailed, InvalidRequest
+from musicgen_api.generation import GenerationParams, JobControl, RenderedAudio, to_frames, to_seconds
 from musicgen_api.progress import JobProgress, StageCosts
 
 log = logging.getLogger(__name__)
 
 SEED_LIMIT = 2**63  # seeds are 0 ≤ seed < 2**63, what torch.manual_seed takes
-
-
-class CodeGenerator(Protocol):
-    num_codebooks: int
-    channels: int
-    supports_prompts: bool
-
-    def generate(
-        self, params: GenerationParams, on_step: StepHook, prompt: Tensor | None = None, frames: int | None = None
-    ) -> Tensor: ...
 
 
 class MusicPipeline:
@@ -58,7 +49,7 @@ class MusicPipeline:
     ) -> None:
         self.bundle, self.engine, self.conditioner, self.mbd = bundle, engine, conditioner, mbd
         self.codec = EncodecCodec(bundle.codec, bundle.audio_channels)
-        self.window, self.stride = window * FRAME_RATE, stride * FRAME_RATE  # in code frames
+        self.window, self.stride = to_frames(window), to_frames(stride)  # in code frames
         self.costs = StageCosts()
         if bundle.device.type == "cuda":
             metrics.GPU_MEMORY_BYTES.set_function(lambda: torch.cuda.memory_allocated(bundle.device))
@@ -69,8 +60,8 @@ class MusicPipeline:
             "channels": self.bundle.audio_channels,
             "sample_rate": self.bundle.sampling_rate,
             "melody": self.bundle.melody,
-            "window": self.window // FRAME_RATE,
-            "backend": "fast" if self.engine.supports_prompts else "transformers",
+            "window": round(to_seconds(self.window)),
+            "backend": self.engine.name,
             "device": str(self.bundle.device),
         }
 
@@ -78,7 +69,8 @@ class MusicPipeline:
         """Refuse, before any work starts, what this server cannot do with this request."""
         if params.mbd and self.mbd is None:
             raise InvalidRequest(
-                'mbd: MultiBand Diffusion is turned off on this server (started with --no-mbd); send "mbd": false'
+                'MultiBand Diffusion is turned off on this server (started with --no-mbd); send "mbd": false',
+                field="mbd",
             )
         self._check_melody(params)
         self.conditioner.tokenize(params.description)
@@ -87,8 +79,9 @@ class MusicPipeline:
             field = "audio_prompt" if prompt_frames else "duration"
             why = "a MusicGen-Melody model" if self.bundle.melody else "--backend transformers"
             raise InvalidRequest(
-                f"{field}: pieces longer than {self.window // FRAME_RATE} s and audio_prompt need the fast backend; "
-                f"this server runs {why}"
+                f"{field}: pieces longer than {to_seconds(self.window):.0f} s and audio_prompt need the fast backend; "
+                f"this server runs {why}",
+                field=field,
             )
 
     def _check_melody(self, params: GenerationParams) -> None:
@@ -98,12 +91,13 @@ class MusicPipeline:
             raise InvalidRequest(
                 f"melody: this server's model ({self.bundle.source}) cannot use a melody. Melody conditioning needs a "
                 "MusicGen-Melody checkpoint (facebook/musicgen-melody, facebook/musicgen-melody-large or their "
-                "stereo variants); start the server with one of those as --model, or leave melody out"
+                "stereo variants); start the server with one of those as --model, or leave melody out",
+                field="melody",
             )
         try:
             probe_audio(params.melody)
         except ValueError as exc:
-            raise InvalidRequest(f"melody: {exc}; send a base64 WAV, FLAC, MP3 or OGG file") from exc
+            raise InvalidRequest(f"melody: {exc}; send a base64 WAV, FLAC, MP3 or OGG file", field="melody") from exc
 
     def _check_prompt(self, params: GenerationParams) -> int:
         if params.audio_prompt is None:
@@ -111,31 +105,39 @@ class MusicPipeline:
         try:
             seconds, _ = probe_audio(params.audio_prompt)
         except ValueError as exc:
-            raise InvalidRequest(f"audio_prompt: {exc}; send a base64 WAV, FLAC, MP3 or OGG file") from exc
-        frames = int(seconds * FRAME_RATE)
-        longest = self.window - FRAME_RATE
+            raise InvalidRequest(
+                f"audio_prompt: {exc}; send a base64 WAV, FLAC, MP3 or OGG file", field="audio_prompt"
+            ) from exc
+        frames = to_frames(seconds)
+        longest = self.window - to_frames(1)
         if frames < 1:
-            raise InvalidRequest(f"audio_prompt is {seconds:.3f} s long; send at least 0.02 s of audio")
+            raise InvalidRequest(
+                f"audio_prompt is {seconds:.3f} s long; send at least 0.02 s of audio", field="audio_prompt"
+            )
         if frames > longest:
-            raise InvalidRequest(f"audio_prompt is {seconds:.1f} s long; at most {longest / FRAME_RATE:.0f} s is used")
+            raise InvalidRequest(
+                f"audio_prompt is {seconds:.1f} s long; at most {to_seconds(longest):.0f} s is used",
+                field="audio_prompt",
+            )
         if params.return_prompt and frames >= params.frames:
             raise InvalidRequest(
                 f"duration ({params.duration} s) must be longer than the audio_prompt ({seconds:.1f} s) it includes; "
-                'or send "return_prompt": false to get duration seconds of new audio after it'
+                'or send "return_prompt": false to get duration seconds of new audio after it',
+                field="duration",
             )
         return frames
 
-    def render(self, params: GenerationParams, on_progress: StepHook) -> RenderedAudio:
-        """The finished clip of exactly `params.duration` seconds; `on_progress(done, total)` may raise to cancel."""
+    def render(self, params: GenerationParams, job: JobControl) -> RenderedAudio:
+        """The finished clip of exactly `params.duration` seconds, reporting to `job` and stopping when it says."""
         try:
-            return self._render(params, on_progress)
+            return self._render(params, job)
         except torch.cuda.OutOfMemoryError as exc:
             raise GenerationFailed("the GPU ran out of memory; try a shorter duration") from exc
         finally:
             if self.bundle.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def _render(self, params: GenerationParams, on_progress: StepHook) -> RenderedAudio:
+    def _render(self, params: GenerationParams, job: JobControl) -> RenderedAudio:
         seed = params.seed if params.seed is not None else secrets.randbelow(SEED_LIMIT)
         torch.manual_seed(seed)  # seeds every device's generator: the sampler's and MBD's noise come from them
         prompt = self._prompt_codes(params)
@@ -144,15 +146,19 @@ class MusicPipeline:
         channels = self.bundle.audio_channels
         steps = total_steps(total, given, self.window, self.stride, self.bundle.num_codebooks, channels)
         mbd = self.mbd if params.mbd else None
-        seconds = total / FRAME_RATE
-        progress = JobProgress(self.costs, on_progress, steps, seconds, mbd.calls if mbd else 0)
+        progress = JobProgress(self.costs, job, steps, to_seconds(total), mbd.calls if mbd else 0)
 
         started = time.perf_counter()
-        codes = generate_long(self.engine, params, progress.token_step, total, self.window, self.stride, prompt)
+        codes = generate_long(self.engine, params, progress, total, self.window, self.stride, prompt)
         self._sync()
         metrics.DECODE_STEPS_PER_SECOND.set(steps / (time.perf_counter() - started))
         progress.stage_done("tokens")
-        waveform = self.codec.decode(codes)  # [C, T]
+
+        def on_codec_part(fraction: float) -> None:
+            progress.codec_part(fraction)
+            progress.stop_if_cancelled()
+
+        waveform = self.codec.decode(codes, on_codec_part)  # [C, T]
         self._sync()
         progress.stage_done("codec")
         if mbd is not None:
@@ -160,6 +166,7 @@ class MusicPipeline:
             def on_call() -> None:
                 self._sync()  # report (and allow cancelling) only what the GPU has actually done
                 progress.diffusion_call()
+                progress.stop_if_cancelled()
 
             per_channel = torch.stack([codes[c::channels] for c in range(channels)])  # [C, K / C, F]
             waveform = mbd.decode(per_channel, waveform[:, None, :], on_call)[:, 0]
@@ -195,12 +202,9 @@ class MusicPipeline:
 
 
 def build_pipeline(settings: Settings) -> MusicPipeline:
-    if settings.extend_stride >= settings.window:
-        stride, window = settings.extend_stride, settings.window
-        raise ValueError(f"--extend-stride ({stride}) must be shorter than --window ({window})")
     bundle = load_musicgen(settings.model, settings.device, settings.dtype)
     conditioner = TextConditioner(bundle, settings.max_text_tokens)
-    window = min(settings.window, settings.max_duration)
+    window = settings.decode_window
     engine: CodeGenerator
     if bundle.melody:
         log.info(
@@ -211,6 +215,5 @@ def build_pipeline(settings: Settings) -> MusicPipeline:
         engine = TransformersEngine(bundle, conditioner)
     else:
         engine = FastEngine(bundle, conditioner, window, compile_step=settings.compile)
-        del bundle.model.decoder  # the fast engine now owns these weights; keep one copy in memory
     mbd = load_mbd(settings.mbd_weights, bundle.codec, bundle.device) if settings.mbd else None
     return MusicPipeline(bundle, engine, conditioner, mbd, window, settings.extend_stride)

@@ -10,9 +10,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 
-from musicgen_api.engine.params import StepHook
-
-SCALE = 1_000_000  # progress is reported as integer microseconds of estimated work
+from musicgen_api.generation import JobControl
 
 
 @dataclass
@@ -28,51 +26,55 @@ class StageCosts:
 
 @dataclass
 class JobProgress:
-    """Reports estimated seconds done out of estimated seconds in all, through the service's step hook."""
+    """One job's progress: the decode loops count steps into it (it is their `Progress`), the pipeline reports the
+    codec and diffusion stages, and it tells the service's `JobControl` the estimated share of the work done."""
 
     learned: StageCosts  # the server's running estimates, updated when the job finishes
-    on_progress: StepHook
-    steps: int
+    job: JobControl
+    steps: int  # decode steps of the whole piece, all windows together
     audio_seconds: float
     diffusion_calls: int
-    done: float = 0.0
     costs: StageCosts = field(init=False)
+    _steps_done: int = 0
+    _done: float = 0.0  # estimated seconds of work done
     _timings: list[tuple[str, float, float]] = field(default_factory=list)
     _stage_started: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
         self.costs = dataclasses.replace(self.learned)
         c = self.costs
-        self.total = (
-            self.steps * c.tokens
-            + self.audio_seconds * c.codec
-            + self.diffusion_calls * self.audio_seconds * c.diffusion
-        )
+        self._codec_cost = self.audio_seconds * c.codec
+        self._total = self.steps * c.tokens + self._codec_cost + self.diffusion_calls * self.audio_seconds * c.diffusion
 
-    def _report(self) -> None:
-        self.on_progress(int(self.done * SCALE), max(1, int(self.total * SCALE)))
+    def stop_if_cancelled(self) -> None:
+        self.job.stop_if_cancelled()
 
-    def token_step(self, done: int, steps: int) -> None:
-        self.done = done * self.costs.tokens
-        self._report()
+    def advance(self, steps: int) -> None:
+        """`steps` more decode steps are done."""
+        self._steps_done += steps
+        self._move_to(self._steps_done * self.costs.tokens)
+
+    def codec_part(self, fraction: float) -> None:
+        """The EnCodec decode is `fraction` (0 … 1) done."""
+        self._move_to(self.steps * self.costs.tokens + fraction * self._codec_cost)
 
     def diffusion_call(self) -> None:
-        self.done += self.audio_seconds * self.costs.diffusion
-        self._report()
+        self._move_to(self._done + self.audio_seconds * self.costs.diffusion)
+
+    def _move_to(self, done: float) -> None:
+        self._done = max(self._done, done)
+        self.job.report(min(1.0, self._done / self._total) if self._total > 0 else 0.0)
 
     def stage_done(self, stage: str) -> None:
-        """Close a stage: record its time, and move the bar past it."""
+        """Close a stage: record its time for the server's estimates."""
         now = time.perf_counter()
         units = {"tokens": self.steps, "codec": self.audio_seconds}.get(
             stage, self.diffusion_calls * self.audio_seconds
         )
         self._timings.append((stage, now - self._stage_started, units))
         self._stage_started = now
-        if stage == "codec":
-            self.done += self.audio_seconds * self.costs.codec
-            self._report()
 
     def finish(self) -> None:
         for stage, seconds, units in self._timings:
             self.learned.learn(stage, seconds, units)
-        self.on_progress(1, 1)
+        self.job.report(1.0)

@@ -4,54 +4,20 @@ On SIGTERM or Ctrl-C the running generation is stopped first, so its client rece
 saying the server is shutting down, and uvicorn's graceful shutdown then has nothing left to wait for.
 """
 
-import json
 import logging
-import sys
-import time
 from types import FrameType
 
 import uvicorn
 
 from musicgen_api.api.app import create_app
 from musicgen_api.audio.mbd_checkpoint import MBDLoadError
-from musicgen_api.config import Settings
+from musicgen_api.config import Settings, warn_unknown_variables
 from musicgen_api.engine.loading import ModelLoadError
+from musicgen_api.logs import setup_logging
 from musicgen_api.pipeline import build_pipeline
 from musicgen_api.service import SHUTDOWN_MESSAGE, GenerationService
 
 log = logging.getLogger("musicgen_api")
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, with the generation's request id when the record has one."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        request_id = getattr(record, "request_id", None)
-        if request_id is not None:
-            entry["request_id"] = request_id
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-
-def log_handler(settings: Settings) -> logging.Handler:
-    """A stderr handler in the chosen format: text, or JSON lines."""
-    handler = logging.StreamHandler(sys.stderr)
-    if settings.log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    return handler
-
-
-def setup_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[log_handler(settings)], force=True)
 
 
 class _Server(uvicorn.Server):
@@ -66,6 +32,7 @@ class _Server(uvicorn.Server):
 
 def run(settings: Settings) -> int:
     setup_logging(settings)
+    warn_unknown_variables()
     try:
         pipeline = build_pipeline(settings)
     except (ModelLoadError, MBDLoadError, ValueError) as exc:
@@ -83,5 +50,8 @@ def run(settings: Settings) -> int:
         log_config=log_config,
         timeout_graceful_shutdown=10,
     )
-    _Server(config, service).run()
+    try:
+        _Server(config, service).run()
+    finally:
+        service.shutdown()
     return 0

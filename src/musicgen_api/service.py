@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from musicgen_api import metrics
-from musicgen_api.engine.params import GenerationCancelled, GenerationParams, RenderedAudio, StepHook
 from musicgen_api.errors import Busy, GenerationFailed
+from musicgen_api.generation import GenerationCancelled, GenerationParams, JobControl, RenderedAudio
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ SHUTDOWN_MESSAGE = "the server is shutting down; try again in a moment"  # what 
 class Renderer(Protocol):
     def describe(self) -> dict[str, Any]: ...
     def check(self, params: GenerationParams) -> None: ...
-    def render(self, params: GenerationParams, on_progress: StepHook) -> RenderedAudio: ...
+    def render(self, params: GenerationParams, job: JobControl) -> RenderedAudio: ...
 
 
 @dataclass(frozen=True)
@@ -79,10 +79,6 @@ class Job:
             self.cancel_reason = reason
         self._cancelled.set()
 
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
     def emit(self, event: Event) -> None:
         """Thread-safe: called from the worker."""
         try:
@@ -90,11 +86,14 @@ class Job:
         except RuntimeError:  # the event loop has closed (server shutting down): nobody is listening
             pass
 
-    def report(self, done: int, total: int) -> None:
-        """The step hook: stop here if cancelled, else emit progress when the whole percent moves up."""
+    def stop_if_cancelled(self) -> None:
+        """Called from the worker between units of work."""
         if self._cancelled.is_set():
             raise GenerationCancelled
-        percent = min(100, done * 100 // max(total, 1))
+
+    def report(self, done: float) -> None:
+        """Emit progress when the whole percent moves up (called from the worker)."""
+        percent = min(100, int(done * 100))
         if percent > self._percent:
             self._percent = percent
             self.emit(Progress(percent))
@@ -145,8 +144,8 @@ class GenerationService:
         metrics.GENERATIONS.labels("started").inc()
         outcome: Event
         try:
-            job.report(0, 1)
-            audio = self._renderer.render(params, job.report)
+            job.report(0.0)
+            audio = self._renderer.render(params, job)
             seconds = time.perf_counter() - started
             log.info("job %s: completed in %.2f s (seed %d)", job.id, seconds, audio.seed, extra=extra)
             metrics.GENERATIONS.labels("completed").inc()

@@ -1,8 +1,6 @@
 """Builds the FastAPI application: the spec's routes over whatever runs the generations (one local slot, or a Ray
 Serve cluster's replicas), the server's limits, and the web page at `/`."""
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
@@ -15,7 +13,7 @@ from musicgen_api.api.guards import install_guards, read_json_body
 from musicgen_api.api.schema import MusicRequest, parse_music_request, request_fields
 from musicgen_api.api.sse import EventStreamResponse
 from musicgen_api.config import Settings
-from musicgen_api.engine.params import GenerationParams
+from musicgen_api.generation import GenerationParams
 from musicgen_api.service import JobStream
 from musicgen_api.web import install_web_page
 
@@ -46,16 +44,10 @@ class Generations(Protocol):
 
     def describe(self) -> dict[str, Any]: ...
     async def start(self, params: GenerationParams) -> JobStream: ...  # raises Busy or InvalidRequest
-    def shutdown(self) -> None: ...
 
 
 def create_app(service: Generations, settings: Settings) -> FastAPI:
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        service.shutdown()
-
-    app = FastAPI(title="musicgen-api", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="musicgen-api", version=__version__)
     install_error_handlers(app, settings.retry_after_s)
     install_guards(app, settings)
 
@@ -82,7 +74,7 @@ def create_app(service: Generations, settings: Settings) -> FastAPI:
         body = await read_json_body(request, settings.max_body_bytes)
         params = parse_music_request(body, settings.max_duration, settings.max_description_chars)
         job = await service.start(params)
-        return EventStreamResponse(job, settings.send_timeout_s, SSE_HEADERS)
+        return EventStreamResponse(job, settings.send_timeout, SSE_HEADERS)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_page() -> Response:

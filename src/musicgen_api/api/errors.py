@@ -16,7 +16,8 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     @app.exception_handler(InvalidRequest)
     async def invalid(_: Request, exc: InvalidRequest) -> JSONResponse:
         status = 413 if isinstance(exc, PayloadTooLarge) else 415 if isinstance(exc, UnsupportedMediaType) else 400
-        return JSONResponse({"error": str(exc)}, status_code=status)
+        body = {"error": str(exc)} if exc.field is None else {"error": str(exc), "field": exc.field}
+        return JSONResponse(body, status_code=status)
 
     @app.exception_handler(Busy)
     async def busy(_: Request, exc: Busy) -> JSONResponse:

@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from musicgen_api.engine.params import AudioFormat, GenerationParams, Normalization
 from musicgen_api.errors import InvalidRequest
+from musicgen_api.generation import AudioFormat, GenerationParams, Normalization
 
 
 class MusicRequest(BaseModel):
@@ -70,17 +70,17 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _message(error: Any) -> str:
+def _refusal(error: Any) -> InvalidRequest:
     kind, loc = error["type"], error["loc"]
-    field = str(loc[0]) if loc else ""
+    if not loc:
+        return InvalidRequest("the request body must be a JSON object")
+    field = str(loc[0])
     if kind == "extra_forbidden":
         allowed = ", ".join(MusicRequest.model_fields)
-        return f"unknown field '{field}'; the accepted fields are: {allowed}"
+        return InvalidRequest(f"unknown field '{field}'; the accepted fields are: {allowed}", field=field)
     if kind == "missing":
-        return f"{field} is required: send {FIELD_RULES[field]}"
-    if not loc:
-        return "the request body must be a JSON object"
-    return f"{field} must be {FIELD_RULES[field]}; got {_describe(error['input'])}"
+        return InvalidRequest(f"{field} is required: send {FIELD_RULES[field]}", field=field)
+    return InvalidRequest(f"{field} must be {FIELD_RULES[field]}; got {_describe(error['input'])}", field=field)
 
 
 def parse_music_request(body: bytes, max_duration: int, max_description_chars: int) -> GenerationParams:
@@ -94,17 +94,21 @@ def parse_music_request(body: bytes, max_duration: int, max_description_chars: i
     try:
         request = MusicRequest.model_validate(data)
     except ValidationError as exc:
-        raise InvalidRequest(_message(exc.errors()[0])) from exc
+        raise _refusal(exc.errors()[0]) from exc
     description = request.description.strip()
     if not description:
-        raise InvalidRequest(f"description must be {FIELD_RULES['description']}; got {_describe(request.description)}")
+        got = _describe(request.description)
+        raise InvalidRequest(f"description must be {FIELD_RULES['description']}; got {got}", field="description")
     if len(description) > max_description_chars:
         raise InvalidRequest(
             f"description is too long: {len(description)} characters, this server accepts at most "
-            f"{max_description_chars}"
+            f"{max_description_chars}",
+            field="description",
         )
     if request.duration > max_duration:
-        raise InvalidRequest(f"duration must be at most {max_duration} seconds on this server; got {request.duration}")
+        raise InvalidRequest(
+            f"duration must be at most {max_duration} seconds on this server; got {request.duration}", field="duration"
+        )
     return GenerationParams(
         description=description,
         duration=request.duration,
@@ -128,7 +132,7 @@ def _base64(field: str, text: str | None) -> bytes | None:
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise InvalidRequest(f"{field} must be {FIELD_RULES[field]}; it is not valid base64") from exc
+        raise InvalidRequest(f"{field} must be {FIELD_RULES[field]}; it is not valid base64", field=field) from exc
     if not data:
-        raise InvalidRequest(f"{field} must be {FIELD_RULES[field]}; it is empty")
+        raise InvalidRequest(f"{field} must be {FIELD_RULES[field]}; it is empty", field=field)
     return data

@@ -1,10 +1,20 @@
 """Codes ↔ waveform with the checkpoint's own EnCodec: decoding is MusicGen's default output path (`mbd: false`);
-encoding turns an audio prompt into the codes a continuation starts from."""
+encoding turns an audio prompt into the codes a continuation starts from.
+
+On a CPU the decode is a large share of a short clip, so it reports how far it is after each of the decoder's
+layers, weighted by the share of the time each layer took in the decodes before (equal shares at first).
+"""
+
+import time
+from collections.abc import Callable
 
 import julius
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import EncodecModel
+
+# Called with the share (0 … 1) of a decode that is done; may raise to stop the decode.
+PartDone = Callable[[float], None]
 
 
 class EncodecCodec:
@@ -13,12 +23,40 @@ class EncodecCodec:
         self.channels = audio_channels  # stereo checkpoints interleave left/right codebooks
         self.sample_rate = int(codec.config.sampling_rate)
         self.hop = int(torch.tensor(codec.config.upsampling_ratios).prod())  # samples per code frame
+        self._layers: list[nn.Module] = list(codec.decoder.layers)
+        self._shares = [1 / len(self._layers)] * len(self._layers)  # of the decode's time, learned per decode
 
     @torch.no_grad()
-    def decode(self, codes: Tensor) -> Tensor:
-        """Codes [K, frames] → float waveform [channels, frames * hop]."""
+    def decode(self, codes: Tensor, on_part: PartDone | None = None) -> Tensor:
+        """Codes [K, frames] → float waveform [channels, frames * hop]; `on_part` hears how far it is."""
         per_channel = [codes[c :: self.channels] for c in range(self.channels)]  # each [K / channels, frames]
-        waves = [self._decode_one(c) for c in per_channel]
+        if on_part is None:
+            return torch.stack([self._decode_one(c) for c in per_channel]).float()
+        shares, seconds = list(self._shares), [0.0] * len(self._layers)
+        waves = []
+        for channel, channel_codes in enumerate(per_channel):
+            done = channel / self.channels
+            started = time.perf_counter()
+
+            def after_layer(index: int) -> None:
+                nonlocal done, started
+                now = time.perf_counter()
+                seconds[index] += now - started
+                started = now
+                done += shares[index] / self.channels
+                on_part(min(done, 1.0))
+
+            hooks = [
+                layer.register_forward_hook(lambda *_, i=i: after_layer(i)) for i, layer in enumerate(self._layers)
+            ]
+            try:
+                waves.append(self._decode_one(channel_codes))
+            finally:
+                for hook in hooks:
+                    hook.remove()
+        total = sum(seconds)
+        if total > 0:
+            self._shares = [0.5 * old + 0.5 * s / total for old, s in zip(self._shares, seconds, strict=True)]
         return torch.stack(waves).float()
 
     def _decode_one(self, codes: Tensor) -> Tensor:

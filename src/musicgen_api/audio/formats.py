@@ -11,7 +11,7 @@ import soundfile
 import torch
 
 from musicgen_api.audio.wav import to_wav_bytes
-from musicgen_api.engine.params import AudioFormat
+from musicgen_api.generation import AudioFormat
 
 MIME_TYPES: dict[str, str] = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg"}
 _SOUNDFILE: dict[str, tuple[str, str]] = {

@@ -11,7 +11,7 @@ import math
 import pyloudnorm
 import torch
 
-from musicgen_api.engine.params import Normalization
+from musicgen_api.generation import Normalization
 
 TARGET_LUFS = -14.0
 PEAK_DBFS = -1.0

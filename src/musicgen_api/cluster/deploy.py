@@ -20,9 +20,10 @@ from ray import serve
 from ray.serve import Application
 
 from musicgen_api.cluster.ingress import MusicIngress
-from musicgen_api.cluster.replica import INGRESS_NAME, MusicReplica
-from musicgen_api.config import ClusterSettings, Settings
-from musicgen_api.server import setup_logging
+from musicgen_api.cluster.messages import INGRESS_NAME
+from musicgen_api.cluster.replica import MusicReplica
+from musicgen_api.config import ClusterSettings, Settings, warn_unknown_variables
+from musicgen_api.logs import setup_logging
 from musicgen_api.service import SHUTDOWN_MESSAGE
 
 log = logging.getLogger("musicgen_api")
@@ -125,6 +126,7 @@ def _unreachable(address: str) -> str | None:
 
 def run(settings: Settings, cluster: ClusterSettings) -> int:
     setup_logging(settings)
+    warn_unknown_variables()
     problem = _unreachable(cluster.address) if cluster.address else None
     if problem is not None:
         log.error("cannot reach the Ray cluster at %s (%s); check --address", cluster.address, problem)

@@ -20,10 +20,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from musicgen_api.api.app import create_app
 from musicgen_api.cluster.board import ReplicaBoard
 from musicgen_api.cluster.logs import setup_replica_logging
-from musicgen_api.cluster.replica import INGRESS_NAME, Accepted, Refused
+from musicgen_api.cluster.messages import INGRESS_NAME, Accepted, Refused
 from musicgen_api.config import Settings
-from musicgen_api.engine.params import GenerationParams
 from musicgen_api.errors import Busy, InvalidRequest
+from musicgen_api.generation import GenerationParams
 from musicgen_api.service import Event, Failed, Progress
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,10 @@ class RemoteJob:
         self.ended = asyncio.Event()  # the relay is over: its last event went to the client, or the client left
 
     def cancel(self, reason: str | None = None) -> None:
-        """Cancels the handle call; the replica's handler then stops the worker (and waits for it)."""
+        """Cancels the handle call; the replica's handler then stops the worker (and waits for it). Ray's cancel
+        carries no message, so the reason is logged here."""
+        if reason is not None and not self.ended.is_set():
+            log.info("job %s: cancelling it on replica %s: %s", self.id, self.worker, reason)
         self._stream.cancel()
         self.ended.set()
 
@@ -136,7 +139,7 @@ class ReplicaPool:
         finally:
             self._board.waiting -= 1
         if isinstance(first, Refused):
-            raise Busy(first.message) if first.busy else InvalidRequest(first.message)
+            raise Busy(first.message) if first.busy else InvalidRequest(first.message, field=first.field)
         assert isinstance(first, Accepted), f"unexpected first item from a replica: {first!r}"
         self._board.report(first.replica, first.phase)
         job = RemoteJob(stream, first, self._board)
@@ -150,9 +153,6 @@ class ReplicaPool:
             job.stop(reason)
         if jobs:
             await asyncio.wait([asyncio.ensure_future(job.ended.wait()) for job in jobs], timeout=within)
-
-    def shutdown(self) -> None:
-        """Nothing to release here: `stop_all` ends the relays, and each replica stops its own piece."""
 
 
 @serve.deployment(name=INGRESS_NAME, num_replicas=1)

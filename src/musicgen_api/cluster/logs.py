@@ -4,7 +4,7 @@
 import logging
 
 from musicgen_api.config import Settings
-from musicgen_api.server import log_handler
+from musicgen_api.logs import log_handler
 
 
 class _NotHeartbeats(logging.Filter):

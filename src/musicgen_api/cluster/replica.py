@@ -9,38 +9,19 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
-from dataclasses import dataclass
 
 from ray import serve
 
 from musicgen_api.cluster.board import HEARTBEAT_S
 from musicgen_api.cluster.logs import setup_replica_logging
+from musicgen_api.cluster.messages import INGRESS_NAME, Accepted, Refused
 from musicgen_api.config import Settings
-from musicgen_api.engine.params import GenerationParams
 from musicgen_api.errors import Busy, InvalidRequest
+from musicgen_api.generation import GenerationParams
 from musicgen_api.pipeline import build_pipeline
 from musicgen_api.service import Event, GenerationService, JobStream, Progress
 
 log = logging.getLogger(__name__)
-
-INGRESS_NAME = "MusicIngress"  # the deployment the replicas report to
-
-
-@dataclass(frozen=True)
-class Accepted:
-    """First item of a stream: this replica has started the piece."""
-
-    replica: str
-    job_id: str
-    phase: int
-
-
-@dataclass(frozen=True)
-class Refused:
-    """First and only item of a stream: the request was not started (an InvalidRequest, or Busy)."""
-
-    message: str
-    busy: bool = False
 
 
 async def _until_stopped(job: JobStream) -> None:
@@ -76,8 +57,11 @@ class ReplicaSlot:
         """Accepted (or Refused), then the job's events; on cancellation, return only once the worker stopped."""
         try:
             job = await self.service.start(params)
-        except (InvalidRequest, Busy) as exc:
-            yield Refused(str(exc), busy=isinstance(exc, Busy))
+        except InvalidRequest as exc:
+            yield Refused(str(exc), field=exc.field)
+            return
+        except Busy as exc:
+            yield Refused(str(exc), busy=True)
             return
         self._next_phase()
         try:

@@ -7,7 +7,7 @@ starts, so tokenizing lives apart from the decode loop.
 import torch
 
 from musicgen_api.engine.loading import MusicgenBundle
-from musicgen_api.engine.params import PromptTooLong
+from musicgen_api.errors import InvalidRequest
 
 
 class TextConditioner:
@@ -19,9 +19,10 @@ class TextConditioner:
         tokens = self.bundle.tokenizer([description], return_tensors="pt", padding=True)
         count = int(tokens["input_ids"].shape[-1])
         if count > self.max_tokens:
-            raise PromptTooLong(
+            raise InvalidRequest(
                 f"description is too long: it makes {count} text tokens and this server accepts at most "
-                f"{self.max_tokens}; shorten it"
+                f"{self.max_tokens}; shorten it",
+                field="description",
             )
         return {name: value.to(self.bundle.device) for name, value in tokens.items()}
 

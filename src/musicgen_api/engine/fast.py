@@ -13,12 +13,13 @@ from collections import deque
 import torch
 from torch import Tensor
 
+from musicgen_api.engine.backend import BackendName
 from musicgen_api.engine.conditioning import TextConditioner
 from musicgen_api.engine.decoder import MusicgenDecoder
 from musicgen_api.engine.delay import delayed_positions, sequence_length, undelay, valid_positions
 from musicgen_api.engine.loading import MusicgenBundle
-from musicgen_api.engine.params import FRAME_RATE, GenerationParams, StepHook
 from musicgen_api.engine.sampling import sample_next
+from musicgen_api.generation import FRAME_RATE, GenerationParams, Progress, to_frames
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ PROGRESS_EVERY = 8  # on CUDA, steps between host syncs: progress and cancellati
 
 
 class FastEngine:
+    name: BackendName = "fast"
     supports_prompts = True
 
     def __init__(
@@ -36,7 +38,7 @@ class FastEngine:
         self.start_id = bundle.start_token_id
         self.channels = bundle.audio_channels
         self.num_codebooks = bundle.num_codebooks
-        self.max_frames = window_seconds * FRAME_RATE  # the longest window: longer pieces are made window by window
+        self.max_frames = to_frames(window_seconds)  # the longest window: longer pieces are made window by window
         self.length = sequence_length(self.max_frames, self.num_codebooks, self.channels)
         if self.length > config.max_position_embeddings:
             longest = (config.max_position_embeddings - self.num_codebooks // self.channels) // FRAME_RATE
@@ -44,7 +46,7 @@ class FastEngine:
                 f"a {window_seconds} s window needs {self.length} decoder positions but this model has "
                 f"{config.max_position_embeddings}; use --window {longest} or less"
             )
-        self.decoder = MusicgenDecoder.from_transformers(bundle.model.decoder, config)
+        self.decoder = MusicgenDecoder.from_transformers(bundle.take_decoder(), config)
         self.decoder.setup_cache(batch=2, length=self.length)  # row 0 conditional, row 1 unconditional (CFG)
         device, dtype, dim = bundle.device, bundle.dtype, config.hidden_size
         n_head, head_dim, text_len = (
@@ -68,11 +70,10 @@ class FastEngine:
         self.top_p = torch.tensor(0.0, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.step = self._step
-        self.capture_seconds = 0.0
         if device.type == "cuda":
-            self.capture_seconds = self._capture(compile_step)
+            self._capture(compile_step)
 
-    def _capture(self, compile_step: bool) -> float:
+    def _capture(self, compile_step: bool) -> None:
         """Warm up and capture the step; with `compile_step`, fuse it with torch.compile first (at start-up), and
         fall back to the plain step if compiling fails on this machine."""
         started = time.perf_counter()
@@ -90,7 +91,6 @@ class FastEngine:
         seconds = time.perf_counter() - started
         compiled = " (compiled)" if self.step is not self._step else ""
         log.info("captured the decode step%s in a CUDA graph in %.1f s", compiled, seconds)
-        return seconds
 
     @torch.no_grad()
     def _step(self) -> None:
@@ -151,39 +151,42 @@ class FastEngine:
         return given
 
     def generate(
-        self, params: GenerationParams, on_step: StepHook, prompt: Tensor | None = None, frames: int | None = None
+        self, params: GenerationParams, progress: Progress, prompt: Tensor | None = None, frames: int | None = None
     ) -> Tensor:
-        """Codes [K, frames] (default: the request's duration) for one window, starting with `prompt` [K, P] when
-        given; `on_step(done, steps)` may raise to stop early."""
         frames = params.frames if frames is None else frames
         if frames > self.max_frames:
             raise ValueError(f"{frames} frames are longer than this engine's window of {self.max_frames}")
         first = self._prepare(params, frames, prompt)
         steps = sequence_length(frames, self.num_codebooks, self.channels) - 1 - first
         if self.graph is None:
-            for t in range(steps):
+            for _ in range(steps):
                 self.step()
-                on_step(t + 1, steps)
+                progress.advance(1)
+                progress.stop_if_cancelled()
         else:
-            self._replay(steps, on_step)
+            self._replay(steps, progress)
         return undelay(self.sequence[0], frames, self.channels)
 
-    def _replay(self, steps: int, on_step: StepHook) -> None:
+    def _replay(self, steps: int, progress: Progress) -> None:
         """Keep one chunk of steps queued on the GPU while reporting the chunk before it."""
         assert self.graph is not None
         in_flight: deque[tuple[torch.cuda.Event, int]] = deque()
+        chunk = 0
         for t in range(steps):
             self.graph.replay()
-            done = t + 1
-            if done % PROGRESS_EVERY and done != steps:
+            chunk += 1
+            if chunk < PROGRESS_EVERY and t + 1 != steps:
                 continue
             mark = torch.cuda.Event()
             mark.record()
-            in_flight.append((mark, done))
+            in_flight.append((mark, chunk))
+            chunk = 0
             if len(in_flight) > 1:
-                event, reached = in_flight.popleft()
+                event, finished = in_flight.popleft()
                 event.synchronize()
-                on_step(reached, steps)
-        for event, reached in in_flight:
+                progress.advance(finished)
+                progress.stop_if_cancelled()
+        for event, finished in in_flight:
             event.synchronize()
-            on_step(reached, steps)
+            progress.advance(finished)
+            progress.stop_if_cancelled()

@@ -48,6 +48,18 @@ class MusicgenBundle:
         """A MusicGen-Melody checkpoint: conditioned on a melody's chroma as well as the text."""
         return isinstance(self.model, MusicgenMelodyForConditionalGeneration)
 
+    def take_decoder(self) -> torch.nn.Module:
+        """Hand the decoder's weights to an engine that keeps them in its own layout: the bundle lets go of them, so
+        only one copy stays in memory (the text encoder and EnCodec stay here)."""
+        decoder = self.model.decoder
+        del self.model.decoder
+        return decoder
+
+    @property
+    def has_decoder(self) -> bool:
+        """False once an engine has taken the decoder's weights."""
+        return hasattr(self.model, "decoder")
+
     @property
     def decoder_config(self) -> MusicgenDecoderConfig:
         return cast(MusicgenDecoderConfig, self.model.config.decoder)

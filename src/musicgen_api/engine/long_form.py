@@ -5,22 +5,12 @@ the last `window - stride` seconds of codes as its prompt and adds `stride` seco
 conditioning. The pieces join in code space, so there is no seam from decoding them separately.
 """
 
-from typing import Protocol
-
 import torch
 from torch import Tensor
 
+from musicgen_api.engine.backend import CodeGenerator
 from musicgen_api.engine.delay import sequence_length
-from musicgen_api.engine.params import GenerationParams, StepHook
-
-
-class PromptedEngine(Protocol):
-    num_codebooks: int
-    channels: int
-
-    def generate(
-        self, params: GenerationParams, on_step: StepHook, prompt: Tensor | None = None, frames: int | None = None
-    ) -> Tensor: ...
+from musicgen_api.generation import GenerationParams, Progress
 
 
 def plan_windows(total: int, prompt: int, window: int, stride: int) -> list[tuple[int, int]]:
@@ -47,26 +37,19 @@ def total_steps(total: int, prompt: int, window: int, stride: int, num_codebooks
 
 
 def generate_long(
-    engine: PromptedEngine,
+    engine: CodeGenerator,
     params: GenerationParams,
-    on_step: StepHook,
+    progress: Progress,
     total_frames: int,
     window: int,
     stride: int,
     prompt: Tensor | None = None,
 ) -> Tensor:
-    """Codes [K, total_frames], starting with `prompt` [K, P] when given."""
+    """Codes [K, total_frames], starting with `prompt` [K, P] when given; every window counts its steps into the same
+    `progress`, whose total is `total_steps`."""
     codes = prompt if prompt is not None else torch.empty(engine.num_codebooks, 0, dtype=torch.long)
-    k, c = engine.num_codebooks, engine.channels
-    everything = total_steps(total_frames, codes.shape[1], window, stride, k, c)
-    done = 0
     for keep, new in plan_windows(total_frames, codes.shape[1], window, stride):
         context = codes[:, codes.shape[1] - keep :] if keep else None
-
-        def report(step: int, steps: int, offset: int = done) -> None:
-            on_step(offset + step, everything)
-
-        out = engine.generate(params, report, prompt=context, frames=keep + new)
+        out = engine.generate(params, progress, prompt=context, frames=keep + new)
         codes = torch.cat([codes.to(out.device), out[:, keep:]], dim=1)
-        done += window_steps(new, k, c)
     return codes

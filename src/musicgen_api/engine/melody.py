@@ -13,8 +13,8 @@ from torch import Tensor
 from musicgen_api.audio.formats import decode_audio
 from musicgen_api.engine.conditioning import TextConditioner
 from musicgen_api.engine.loading import MusicgenBundle
-from musicgen_api.engine.params import GenerationParams
 from musicgen_api.engine.reference import TransformersEngine
+from musicgen_api.generation import GenerationParams
 
 
 class MelodyEngine(TransformersEngine):

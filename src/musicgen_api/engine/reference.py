@@ -11,10 +11,11 @@ import torch
 from torch import Tensor
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from musicgen_api.engine.backend import BackendName
 from musicgen_api.engine.conditioning import TextConditioner
 from musicgen_api.engine.delay import sequence_length, undelay
 from musicgen_api.engine.loading import MusicgenBundle
-from musicgen_api.engine.params import GenerationParams, StepHook
+from musicgen_api.generation import GenerationParams, Progress
 
 
 class _StepWatcher(StoppingCriteria):
@@ -23,17 +24,19 @@ class _StepWatcher(StoppingCriteria):
     (MusicGen's `generate` in transformers 5.x does not forward its `streamer` argument, so a stopping criterion,
     which is called after every step, is the hook.)"""
 
-    def __init__(self, steps: int, on_step: StepHook) -> None:
-        self.steps, self.on_step = steps, on_step
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
         self.sequence: Tensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
         self.sequence = input_ids
-        self.on_step(input_ids.shape[-1] - 1, self.steps)
+        self.progress.advance(1)
+        self.progress.stop_if_cancelled()
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
 class TransformersEngine:
+    name: BackendName = "transformers"
     supports_prompts = False  # one window from the text alone: no long pieces, no continuations
 
     def __init__(self, bundle: MusicgenBundle, conditioner: TextConditioner) -> None:
@@ -42,7 +45,7 @@ class TransformersEngine:
 
     @torch.no_grad()
     def generate(
-        self, params: GenerationParams, on_step: StepHook, prompt: Tensor | None = None, frames: int | None = None
+        self, params: GenerationParams, progress: Progress, prompt: Tensor | None = None, frames: int | None = None
     ) -> Tensor:
         """Codes [K, frames], sampled by transformers with the same parameters mapped to its names."""
         if prompt is not None:
@@ -50,7 +53,7 @@ class TransformersEngine:
         frames = params.frames if frames is None else frames
         channels = self.bundle.audio_channels
         steps = sequence_length(frames, self.bundle.num_codebooks, channels) - 1
-        watcher = _StepWatcher(steps, on_step)
+        watcher = _StepWatcher(progress)
         nucleus = params.top_p > 0
         self.bundle.model.generate(
             **self.conditioning(params),

@@ -18,7 +18,6 @@ def sample_next(
     temperature: Tensor,
     top_k: Tensor,
     top_p: Tensor,
-    generator: torch.Generator | None = None,
 ) -> Tensor:
     """cond/uncond logits [B, K, V] (float32) → sampled token ids [B, K]."""
     logits = uncond + (cond - uncond) * cfg_coef
@@ -29,6 +28,6 @@ def sample_next(
     in_nucleus = (sorted_probs.cumsum(-1) - sorted_probs) <= top_p  # audiocraft keeps the token that crosses top_p
     keep = torch.where(top_p > 0, in_nucleus, in_top_k)
     kept = sorted_probs * keep
-    race = torch.empty_like(kept).exponential_(1, generator=generator).clamp_min_(torch.finfo(kept.dtype).tiny)
+    race = torch.empty_like(kept).exponential_(1).clamp_min_(torch.finfo(kept.dtype).tiny)
     choice = torch.argmax(kept / race, dim=-1, keepdim=True)  # [B, K, 1] index into the sorted order
     return order.gather(-1, choice).squeeze(-1)

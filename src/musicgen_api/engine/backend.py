@@ -1,0 +1,23 @@
+"""The one interface every decode backend offers (the fast engine, transformers' `generate`, MusicGen-Melody), so
+the long-piece loop and the pipeline never need to know which one runs."""
+
+from typing import Literal, Protocol
+
+from torch import Tensor
+
+from musicgen_api.generation import GenerationParams, Progress
+
+BackendName = Literal["fast", "transformers"]
+
+
+class CodeGenerator(Protocol):
+    name: BackendName  # what /api/info reports as `backend`
+    supports_prompts: bool  # can continue a prompt: long pieces (window by window) and audio_prompt
+    num_codebooks: int
+    channels: int
+
+    def generate(
+        self, params: GenerationParams, progress: Progress, prompt: Tensor | None = None, frames: int | None = None
+    ) -> Tensor:
+        """Codes [K, frames] (default: the request's duration) for one window, starting with `prompt` [K, P] when
+        given. Calls `progress.advance` as decode steps finish and `progress.stop_if_cancelled` between them."""
