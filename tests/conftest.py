@@ -75,6 +75,21 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def mark(self) -> int:
+        """Where the log ends now: `log_since(mark)` is then only what the server wrote after this moment."""
+        return len(self.log())
+
+    def log_since(self, mark: int) -> str:
+        return self.log()[mark:]
+
+    def wait_for_log(self, mark: int, text: str, within: float = 15.0) -> str:
+        """The log since `mark`, once it holds `text`; fails past `within` seconds."""
+        deadline = time.monotonic() + within
+        while text not in (since := self.log_since(mark)):
+            assert time.monotonic() < deadline, f"{text!r} never appeared in the server log:\n{since[-2000:]}"
+            time.sleep(0.05)
+        return since
+
 
 def serve_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "musicgen_api", "serve", "--device", "cpu", *args]
