@@ -95,8 +95,9 @@ def serve_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "musicgen_api", "serve", "--device", "cpu", *args]
 
 
-def start_server(model: pathlib.Path, log_dir: pathlib.Path, *extra: str) -> Server:
-    """A server on the tiny model; MBD comes from the fixture checkpoint unless `extra` says otherwise."""
+def start_server(model: pathlib.Path, log_dir: pathlib.Path, *extra: str, env: dict[str, str] | None = None) -> Server:
+    """A server on the tiny model; MBD comes from the fixture checkpoint unless `extra` says otherwise. `env` adds
+    environment variables to the (offline) environment it runs in."""
     if "--no-mbd" not in extra and "--mbd-weights" not in extra:
         extra = ("--mbd-weights", str(MBD_FIXTURE), *extra)
     port = free_port()
@@ -106,7 +107,7 @@ def start_server(model: pathlib.Path, log_dir: pathlib.Path, *extra: str) -> Ser
             serve_command("--model", str(model), "--port", str(port), *extra),
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=OFFLINE_ENV,
+            env={**OFFLINE_ENV, **(env or {})},
         )
     server = Server(f"http://127.0.0.1:{port}", process, log_path)
     deadline = time.monotonic() + 120
@@ -140,8 +141,8 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerF
     started: list[Server] = []
     log_dir = tmp_path_factory.mktemp("server-logs")
 
-    def factory(model: pathlib.Path, *extra: str) -> Server:
-        server = start_server(model, log_dir, *extra)
+    def factory(model: pathlib.Path, *extra: str, env: dict[str, str] | None = None) -> Server:
+        server = start_server(model, log_dir, *extra, env=env)
         started.append(server)
         return server
 

@@ -292,3 +292,41 @@ def test_info_describes_model_and_limits(mono_server: Server, stereo_server: Ser
     assert info["fields"]["duration"]["maximum"] == 120 and info["fields"]["top_k"]["default"] == 250
     assert set(info["fields"]) >= {"description", "duration", "mbd", "seed", "format", "audio_prompt"}
     assert requests.get(f"{stereo_server.url}/api/info", timeout=5).json()["channels"] == 2
+
+
+def test_event_stream_headers(mono_server: Server) -> None:
+    """What keeps proxies and browsers from buffering or caching the stream."""
+    with requests.post(f"{mono_server.url}/api/music", json={"description": "x", "duration": 1}, stream=True,
+                       timeout=60) as r:  # fmt: skip
+        assert r.status_code == 200
+        assert r.headers["content-type"] == "text/event-stream; charset=utf-8"
+        assert r.headers["cache-control"] == "no-cache"
+        assert r.headers["x-accel-buffering"] == "no"
+        assert "content-length" not in r.headers
+        for _ in r.iter_lines():
+            pass
+
+
+class _BrokenGenerations:
+    """A `Generations` whose start fails in a way nobody planned for."""
+
+    busy = False
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    async def start(self, params: Any) -> Any:
+        raise RuntimeError("secret internal detail")
+
+
+def test_an_unexpected_error_before_the_stream_is_a_json_500() -> None:
+    from fastapi.testclient import TestClient
+
+    from musicgen_api.api.app import create_app
+    from musicgen_api.config import Settings
+
+    client = TestClient(create_app(_BrokenGenerations(), Settings()), raise_server_exceptions=False)
+    r = client.post("/api/music", json={"description": "x", "duration": 1})
+    assert r.status_code == 500
+    assert r.json() == {"error": "internal server error; the server log has the details"}
+    assert client.get("/api/healthcheck").status_code == 200  # and it keeps serving

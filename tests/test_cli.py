@@ -23,4 +23,13 @@ def test_unloadable_model_stops_startup_with_one_clear_line(model: str) -> None:
 def test_bad_setting_is_one_line() -> None:
     result = subprocess.run(serve_command("--port", "70000"), capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert "port" in result.stderr and "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("musicgen-api: invalid setting: port"), lines
+
+
+def test_contradictory_windows_are_one_line() -> None:
+    command = serve_command("--window", "10", "--extend-stride", "10", "--port", str(free_port()))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "--extend-stride (10) must be shorter than --window (10)" in lines[0], lines

@@ -37,8 +37,9 @@ finally:
 """
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-c", CLI, *args], capture_output=True, cwd=cwd, timeout=120)
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """The command as a user runs it; `env` replaces the environment (for MUSICGEN_URL, MUSICGEN_API_KEY)."""
+    return subprocess.run([sys.executable, "-c", CLI, *args], capture_output=True, cwd=cwd, timeout=120, env=env)
 
 
 def one_line(stderr: bytes) -> str:
@@ -217,8 +218,10 @@ class _SpecOnlyHandler(http.server.BaseHTTPRequestHandler):
         else:
             self._answer(404, b'{"detail": "Not Found"}')
 
+    bodies: list[dict[str, object]] = []  # every POST body received, in order
+
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-        self.rfile.read(int(self.headers["Content-Length"]))
+        self.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
         wav = io.BytesIO()
         with wave.open(wav, "wb") as w:
             w.setnchannels(2)
@@ -249,6 +252,29 @@ def test_a_spec_only_server(tmp_path: Path) -> None:
     assert (health.returncode, health.stdout, health.stderr) == (0, b"healthy\n", b"")
     assert generated.returncode == 0, generated.stderr.decode()
     assert generated.stderr.decode().startswith("saved x.wav: 0.5 s, 2 channel(s), 32000 Hz; generated in ")
+
+
+@pytest.mark.parametrize(
+    ("flags", "sent"),
+    [
+        ([], {}),  # flags left out are not sent: the server's defaults apply
+        (["--duration", "7", "--mbd", "--top-k", "5", "--top-p", "0.9", "--temperature", "0.8", "--cfg-coef", "2.5",
+          "--seed", "7", "--normalization", "none", "--format", "flac", "--no-return-prompt"],
+         {"duration": 7, "mbd": True, "top_k": 5, "top_p": 0.9, "temperature": 0.8, "cfg_coef": 2.5, "seed": 7,
+          "normalization": "none", "format": "flac", "return_prompt": False}),
+        (["--no-mbd", "--return-prompt"], {"mbd": False, "return_prompt": True}),
+    ],
+)  # fmt: skip
+def test_each_flag_is_sent_as_its_field(tmp_path: Path, flags: list[str], sent: dict[str, object]) -> None:
+    """What the server receives, field by field: a flag the client dropped or renamed would show here."""
+    handler = type("Recording", (_SpecOnlyHandler,), {"bodies": []})
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_port}"
+        result = run_cli("generate", "flags", *flags, "-o", "out.wav", "--url", url, cwd=tmp_path)
+        server.shutdown()
+    assert result.returncode == 0, result.stderr.decode()
+    assert handler.bodies == [{"description": "flags", **sent}]
 
 
 def test_unreachable_server_is_exit_4(tmp_path: Path) -> None:

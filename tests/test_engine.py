@@ -1,10 +1,12 @@
 """The fast engine against transformers on the tiny checkpoints: same codes, same logits, faithful sampling."""
 
 import pathlib
+from typing import Any
 
 import pytest
 import torch
 
+from musicgen_api.audio.codec import EncodecCodec
 from musicgen_api.config import Settings
 from musicgen_api.engine.conditioning import TextConditioner
 from musicgen_api.engine.decoder import MusicgenDecoder
@@ -36,6 +38,18 @@ def test_greedy_codes_match_transformers(bundle: MusicgenBundle, description: st
     fast = FastEngine(bundle, conditioner, window_seconds=3).generate(params, no_progress)
     assert fast.shape == (bundle.num_codebooks, 100)
     assert torch.equal(fast, reference)
+
+
+def test_greedy_codes_depend_on_the_text_and_audio_on_the_codes(bundle: MusicgenBundle) -> None:
+    """The equality above would hold trivially on a degenerate model: here the tiny model's codes follow the text,
+    and its codec's audio follows the codes."""
+    engine = FastEngine(bundle, TextConditioner(bundle, max_tokens=64), window_seconds=2)
+    calm, loud = (engine.generate(GenerationParams(text, 2, top_k=1), no_progress) for text in ("calm", "loud"))
+    assert (calm != loud).float().mean() > 0.5
+    assert len(calm.unique()) > 4  # not one repeated token
+    codec = EncodecCodec(bundle.codec, bundle.audio_channels)
+    calm_audio, loud_audio = codec.decode(calm), codec.decode(loud)
+    assert (calm_audio - loud_audio).abs().max() > 0.5 * calm_audio.std()
 
 
 def test_teacher_forced_logits_match_transformers(bundle: MusicgenBundle) -> None:
@@ -119,6 +133,7 @@ def test_top_p_never_leaves_the_nucleus(top_p: float) -> None:
 
 
 def test_sampling_follows_the_distribution() -> None:
+    torch.manual_seed(0)  # the draw uses the global generator: the same 4000 draws every run
     cond, uncond = _distribution(batch=1, codebooks=1, vocab=8)
     probs = _mixed_probs(cond, uncond, 3.0, 1.5)[0, 0]
     t = torch.tensor
@@ -135,7 +150,7 @@ def test_pipeline_rejects_prompt_over_token_capacity(mono_model: pathlib.Path) -
         pipeline.check(GenerationParams("a long description that makes many text tokens", duration=1))
 
 
-def test_max_duration_beyond_positions_is_refused(mono_model: pathlib.Path) -> None:
+def test_window_beyond_the_model_positions_is_refused(mono_model: pathlib.Path) -> None:
     with pytest.raises(ValueError, match="--window"):
         build_pipeline(Settings(model=str(mono_model), device="cpu", window=60, mbd=False))
 
@@ -151,3 +166,27 @@ def test_stale_cache_contents_cannot_leak_into_a_request(bundle: MusicgenBundle)
         layer.cache.k.fill_(float("nan"))
         layer.cache.v.fill_(float("inf"))
     assert torch.equal(engine.generate(params, no_progress), fresh)
+
+
+def test_the_reference_backend_maps_top_p_and_a_weak_cfg_as_transformers_does(bundle: MusicgenBundle) -> None:
+    """top_p > 0 samples from the nucleus with top_k off (audiocraft's rule); cfg_coef <= 1 turns guidance off in
+    transformers, so greedy codes then equal those with no guidance at all (cfg_coef 1)."""
+    engine = TransformersEngine(bundle, TextConditioner(bundle, max_tokens=64))
+    calls: list[dict[str, Any]] = []
+    real = bundle.model.generate
+
+    def spy(**kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return real(**kwargs)
+
+    bundle.model.generate = spy  # type: ignore[method-assign]
+    engine.generate(GenerationParams("x", 1, top_k=7, top_p=0.9), no_progress)
+    assert (calls[-1]["top_k"], calls[-1]["top_p"]) == (0, 0.9)
+    engine.generate(GenerationParams("x", 1, top_k=7), no_progress)
+    assert (calls[-1]["top_k"], calls[-1]["top_p"]) == (7, 1.0)
+    weak, none, strong = (
+        engine.generate(GenerationParams("a calm melody", 2, top_k=1, cfg_coef=cfg), no_progress)
+        for cfg in (0.5, 1.0, 3.0)
+    )
+    assert torch.equal(weak, none)
+    assert not torch.equal(none, strong)

@@ -192,8 +192,28 @@ NEW_FIELD_ERRORS: list[tuple[dict[str, Any], str]] = [
 ]
 
 
+def _prompt(seconds: float) -> str:
+    return base64.b64encode(encode_audio(_noise(seconds, 0.1, channels=1), 32000, "wav")).decode()
+
+
+PROMPT_LENGTH_ERRORS: list[tuple[dict[str, Any], str, str]] = [  # long_server's window is 2 s: prompts up to 1 s
+    ({"duration": 3, "audio_prompt": _prompt(1.5)}, "at most 1 s", "audio_prompt"),
+    ({"duration": 3, "audio_prompt": _prompt(0.01)}, "at least 0.02 s", "audio_prompt"),
+    ({"duration": 1, "audio_prompt": _prompt(1.0)}, "return_prompt", "duration"),
+]
+
+
 @pytest.mark.parametrize(("extra", "named"), NEW_FIELD_ERRORS)
 def test_new_fields_are_validated(long_server: Server, extra: dict[str, Any], named: str) -> None:
     r = requests.post(f"{long_server.url}/api/music", json={"description": "x", "duration": 1, **extra}, timeout=10)
     assert r.status_code == 400, r.text
-    assert named in r.json()["error"]
+    assert named in r.json()["error"] and r.json()["field"] == named
+
+
+@pytest.mark.parametrize(("extra", "named", "field"), PROMPT_LENGTH_ERRORS)
+def test_prompts_too_long_or_too_short_are_refused(
+    long_server: Server, extra: dict[str, Any], named: str, field: str
+) -> None:
+    r = requests.post(f"{long_server.url}/api/music", json={"description": "x", **extra}, timeout=10)
+    assert r.status_code == 400, r.text
+    assert named in r.json()["error"] and r.json()["field"] == field

@@ -58,7 +58,9 @@ class TransformersEngine:
         self.bundle.model.generate(
             **self.conditioning(params),
             do_sample=True,
-            guidance_scale=params.cfg_coef,
+            # transformers guides only above 1, and below it would add a generic CFG processor that MusicGen's
+            # model cannot run: no guidance at all, as the README says.
+            guidance_scale=params.cfg_coef if params.cfg_coef > 1 else None,
             temperature=params.temperature,
             top_k=0 if nucleus else params.top_k,  # audiocraft's rule: top_p > 0 ignores top_k
             top_p=params.top_p if nucleus else 1.0,
