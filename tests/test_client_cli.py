@@ -179,7 +179,8 @@ def test_output_to_stdout(mono_server: Server, tmp_path: Path) -> None:
 def test_bad_input_is_exit_2(mono_server: Server, tmp_path: Path, flags: list[str], named: str) -> None:
     result = run_cli("generate", "x", *flags, "--url", mono_server.url, cwd=tmp_path)
     assert result.returncode == 2
-    assert named in one_line(result.stderr) and "refused" in result.stderr.decode()
+    line = one_line(result.stderr)
+    assert named in line and "refused" in line and line.endswith(f"(set by {flags[0]})")
     assert list(tmp_path.iterdir()) == []
 
 

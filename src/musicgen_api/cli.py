@@ -304,7 +304,7 @@ def generate(args: argparse.Namespace) -> int:
         _fail("cancelled; the server stops this generation and is free again")
         return EXIT_CANCELLED
     except tuple(exit_codes) as exc:
-        _fail(str(exc))
+        _fail(_with_flag(exc))
         return next(code for kind, code in exit_codes.items() if isinstance(exc, kind))
     try:
         if output == "-":
@@ -330,6 +330,16 @@ def health(args: argparse.Namespace) -> int:
     described = _describe_server(client.info(args.url, args.api_key) or {})
     sys.stdout.write(f"{status} — {described}\n" if described else f"{status}\n")
     return 0 if status == "healthy" else EXIT_BUSY
+
+
+def _with_flag(exc: Exception) -> str:
+    """The message, and for a refused field the flag that sets it, so the user knows what to change."""
+    field = getattr(exc, "field", None)
+    if field in (*API_FLAGS, *FILE_FLAGS, "format"):
+        return f"{exc} (set by --{field.replace('_', '-')})"
+    if field == "description":
+        return f"{exc} (the DESCRIPTION argument)"
+    return str(exc)
 
 
 def _describe_server(info: dict[str, Any]) -> str:

@@ -105,12 +105,15 @@ def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
 def _refusal(url: str, response: httpx.Response) -> Exception:
     """The exception for a non-200 answer to POST /api/music."""
     response.read()
+    field = None
     try:
-        message = str(response.json()["error"])
-    except (ValueError, KeyError, TypeError):
+        body = response.json()
+        message = str(body["error"])
+        field = body.get("field") if isinstance(body.get("field"), str) else None
+    except (ValueError, KeyError, TypeError, AttributeError):
         message = f"HTTP {response.status_code} {response.reason_phrase}"
     if response.status_code == 400:
-        return InvalidRequest(f"the server refused the request: {message}")
+        return InvalidRequest(f"the server refused the request: {message}", field=field)
     if response.status_code == 401:
         return InvalidRequest("the server needs an API key: pass --api-key or set MUSICGEN_API_KEY")
     if response.status_code == 503:

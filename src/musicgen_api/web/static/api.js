@@ -42,12 +42,14 @@ function authorized(headers = {}) {
   return key ? { ...headers, Authorization: `Bearer ${key}` } : headers;
 }
 
-/** The server refused to start (400 bad input, 503 busy, 500): `status` and the server's own `message`. */
+/** The server refused to start (400 bad input, 503 busy, 500): `status`, the server's own `message` and, for a
+ * 400 about one request field, that `field`'s name. */
 export class Refused extends Error {
-  constructor(status, message, retryAfter) {
+  constructor(status, message, retryAfter, field = null) {
     super(message);
     this.status = status;
     this.retryAfter = retryAfter;
+    this.field = field;
   }
 }
 
@@ -95,13 +97,16 @@ export async function fetchHealth() {
 
 async function refusal(response) {
   let message = `HTTP ${response.status} ${response.statusText}`.trim();
+  let field = null;
   try {
-    message = (await response.json()).error || message;
+    const body = await response.json();
+    message = body.error || message;
+    field = typeof body.field === "string" ? body.field : null;
   } catch {
     // not JSON: keep the status line
   }
   if (response.status === 401) return new NeedsKey(message, apiKey() !== null);
-  return new Refused(response.status, message, Number(response.headers.get("Retry-After")) || null);
+  return new Refused(response.status, message, Number(response.headers.get("Retry-After")) || null, field);
 }
 
 /** The text of the stream's `data:` lines. Splits only each new chunk, so the megabytes-long last line (the base64

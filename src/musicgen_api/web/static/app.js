@@ -25,8 +25,6 @@ const keyDialog = $("#key-dialog");
 const keyInput = $("#key-input");
 const keyError = $("#key-error");
 const forgetKeyButton = $("#forget-key");
-const FIELDS = ["description", "duration", "top_k", "top_p", "temperature", "cfg_coef", "mbd", "seed", "format",
-  "normalization", "audio_prompt", "return_prompt"];
 const SPEC_DEFAULT_DURATION = 30;
 const HEALTH_POLL_MS = { healthy: 5000, busy: 1000, offline: 3000 }; // watch closely while it is about to free up
 
@@ -141,11 +139,6 @@ function clearInvalid() {
   for (const box of form.querySelectorAll("[aria-invalid]")) box.removeAttribute("aria-invalid");
 }
 
-/** The form field a server message is about: its messages start with the field's name. */
-function fieldNamedIn(text) {
-  return FIELDS.find((name) => text.startsWith(`${name} `) || text.startsWith(`${name}:`));
-}
-
 // ---- the API key (servers started with --api-key) ------------------------------------------------------------
 
 /** Run `call` (a function of the API); when the server wants a key, ask for it and run `call` again. Rejects with
@@ -211,7 +204,7 @@ function explain(error) {
     return say("error", "API key needed:", "this server wants one. Press Generate to enter it.");
   }
   if (error instanceof Refused && error.status === 400) {
-    markInvalid(fieldNamedIn(error.message));
+    markInvalid(error.field);
     return say("error", "Not accepted:", error.message);
   }
   if (error instanceof Refused && error.status === 503) {
