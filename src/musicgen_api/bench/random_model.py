@@ -261,7 +261,7 @@ def build_random_musicgen(
                 MusicgenMelodyForConditionalGeneration(config)
                 if isinstance(config, MusicgenMelodyConfig)
                 else MusicgenForConditionalGeneration(config)
-            ).eval()
+            ).eval()  # type: ignore[no-untyped-call]  # transformers wraps eval() untyped
         finally:
             torch.set_default_dtype(previous)
         randomize_codebooks(model.audio_encoder)

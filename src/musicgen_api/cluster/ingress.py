@@ -51,7 +51,7 @@ class DisconnectOnCancel:
 class RemoteJob:
     """A piece generating on a replica, relayed event by event."""
 
-    def __init__(self, stream: DeploymentResponseGenerator, accepted: Accepted, board: ReplicaBoard) -> None:
+    def __init__(self, stream: DeploymentResponseGenerator[Any], accepted: Accepted, board: ReplicaBoard) -> None:
         self.id = accepted.job_id
         self.worker, self._phase = accepted.replica, accepted.phase
         self._stream, self._board = stream, board
@@ -107,7 +107,7 @@ class RemoteJob:
 class ReplicaPool:
     """`Generations` over the model deployment: what `create_app` needs, answered at cluster level."""
 
-    def __init__(self, replicas: DeploymentHandle, board: ReplicaBoard, queue: int) -> None:
+    def __init__(self, replicas: DeploymentHandle[Any], board: ReplicaBoard, queue: int) -> None:
         self._replicas = replicas.options(stream=True)
         self._board, self._queue = board, queue
         self._relaying: set[RemoteJob] = set()
@@ -124,7 +124,7 @@ class ReplicaPool:
         busy; answer once a replica has started it, so refusals can still be plain HTTP errors."""
         if not self._board.admits(self._queue):
             raise Busy("every replica is busy and the queue is full")
-        stream = cast(DeploymentResponseGenerator, self._replicas.generate.remote(params))
+        stream = cast(DeploymentResponseGenerator[Any], self._replicas.generate.remote(params))
         self._board.waiting += 1
         try:
             first = await stream.__anext__()
@@ -158,7 +158,7 @@ class ReplicaPool:
 @serve.deployment(name=INGRESS_NAME, num_replicas=1)
 @serve.ingress()
 class MusicIngress:
-    def __init__(self, settings: Settings, replicas: DeploymentHandle, queue: int) -> None:
+    def __init__(self, settings: Settings, replicas: DeploymentHandle[Any], queue: int) -> None:
         setup_replica_logging(settings, ingress=True)
         self._settings = settings
         self._board = ReplicaBoard()

@@ -13,7 +13,7 @@ from transformers import Cache, MusicgenMelodyForConditionalGeneration
 
 
 class MelodyModel(MusicgenMelodyForConditionalGeneration):
-    def prepare_inputs_for_generation(  # type: ignore[override]
+    def prepare_inputs_for_generation(
         self,
         decoder_input_ids: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,
