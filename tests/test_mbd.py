@@ -5,6 +5,7 @@ the same loader a user's `--mbd-weights` file does.
 """
 
 import asyncio
+import base64
 import io
 import pathlib
 import threading
@@ -17,13 +18,15 @@ import torch
 from transformers import EncodecModel
 
 from musicgen_api.audio.codec import EncodecCodec
+from musicgen_api.audio.formats import encode_audio
 from musicgen_api.audio.mbd import MultiBandDiffusion, load_mbd
 from musicgen_api.audio.mbd_checkpoint import MBDLoadError, load_checkpoint
 from musicgen_api.config import Settings
 from musicgen_api.generation import GenerationParams
 from musicgen_api.pipeline import build_pipeline
 from musicgen_api.service import Completed, Failed, GenerationService
-from tests.conftest import MBD_FIXTURE, Recorder
+from tests.conftest import MBD_FIXTURE, Recorder, Server, ServerFactory
+from tests.test_api import stream_events
 
 FIXTURES = MBD_FIXTURE.parent
 
@@ -57,6 +60,25 @@ def test_matches_audiocraft(mbd: MultiBandDiffusion, reference: dict[str, Any], 
     out = mbd.decode(data["codes"], data["codec_wav"], lambda: calls.append(1), replay)
     torch.testing.assert_close(out, data["output"], atol=1e-5, rtol=0)
     assert len(calls) == mbd.calls == 80
+
+
+@pytest.mark.parametrize(("dtype", "least_snr_db"), [(torch.float16, 55.0), (torch.bfloat16, 40.0)])
+@pytest.mark.parametrize("case", ["mono", "stereo"])
+def test_half_precision_unets_stay_close_to_audiocraft(
+    codec: EncodecModel, reference: dict[str, Any], case: str, dtype: torch.dtype, least_snr_db: float
+) -> None:
+    """Measured on this fixture: float16 U-Nets 64 dB SNR (max error 1.4e-4 at a 0.12 peak), bfloat16 46 dB; the
+    server runs float16 on CUDA. Bounds a little below what was measured."""
+    half = load_mbd(str(MBD_FIXTURE), codec, torch.device("cpu"))
+    for band in half.bands:
+        band.unet.to(dtype)
+    data = reference["cases"][case]
+    noise = data["noise"]
+    out = half.decode(data["codes"], data["codec_wav"], lambda: None, lambda b, i, _: noise[20 * b + i])
+    expected = data["output"]
+    assert out.dtype == torch.float32
+    snr = 10 * torch.log10(expected.pow(2).mean() / (out - expected).pow(2).mean())
+    assert snr > least_snr_db
 
 
 def test_codec_reference_matches(codec: EncodecModel, reference: dict[str, Any]) -> None:
@@ -177,3 +199,37 @@ def test_cancel_during_diffusion_stops_within_one_pass(mono_model: pathlib.Path)
     assert not service.busy
     assert len(passes_after_cancel) <= 1
     assert time.monotonic() - began < 60
+
+
+@pytest.fixture(scope="module")
+def bfloat16_mono_server(server_factory: ServerFactory, mono_model: pathlib.Path) -> Server:
+    """The half-precision set-up a GPU server has by default (bfloat16 stands in for float16 on CPU), with a 2 s
+    window so a 3 s piece takes two."""
+    return server_factory(mono_model, "--dtype", "bfloat16", "--window", "2", "--extend-stride", "1",
+                          "--max-duration", "4")  # fmt: skip
+
+
+def _mbd_wav(server: Server, body: dict[str, Any]) -> wave.Wave_read:
+    events = stream_events(server.url, {"mbd": True, "seed": 3, **body})
+    assert events[-1]["status"] == "completed", events[-1]
+    return wave.open(io.BytesIO(base64.b64decode(events[-1]["audio_data"])))
+
+
+def test_mbd_with_a_half_precision_model_over_http(
+    bfloat16_mono_server: Server, server_factory: ServerFactory, stereo_model: pathlib.Path
+) -> None:
+    with _mbd_wav(bfloat16_mono_server, {"description": "drums", "duration": 1}) as w:
+        assert (w.getnchannels(), w.getnframes()) == (1, 32000)
+    stereo = server_factory(stereo_model, "--dtype", "bfloat16", "--max-duration", "2")
+    with _mbd_wav(stereo, {"description": "pads", "duration": 1}) as w:
+        assert (w.getnchannels(), w.getnframes()) == (2, 32000)
+
+
+def test_mbd_on_a_long_piece_and_a_continuation_without_its_prompt(bfloat16_mono_server: Server) -> None:
+    with _mbd_wav(bfloat16_mono_server, {"description": "a long piece", "duration": 3}) as w:  # two windows
+        assert w.getnframes() == 3 * 32000
+    prompt = encode_audio(0.1 * torch.randn(1, 16000, generator=torch.Generator().manual_seed(0)), 32000, "wav")
+    body = {"description": "go on", "duration": 2, "audio_prompt": base64.b64encode(prompt).decode(),
+            "return_prompt": False}  # fmt: skip
+    with _mbd_wav(bfloat16_mono_server, body) as w:
+        assert w.getnframes() == 2 * 32000

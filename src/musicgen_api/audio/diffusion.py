@@ -110,7 +110,7 @@ class DiffusionBand(nn.Module):
         alpha_bar = self.alpha_bars[s.num_steps - 1].to(device)
         previous = current
         for idx, step in enumerate(STEP_LIST[:-1]):
-            estimate = self.unet(current, step, condition) * s.noise_scale
+            estimate = self.unet(current.to(condition.dtype), step, condition).float() * s.noise_scale
             alpha = self.alphas[idx]
             previous = (current - (1 - alpha) / (1 - alpha_bar).sqrt() * estimate) / alpha.sqrt()
             last = idx == len(STEP_LIST) - 2

@@ -79,8 +79,12 @@ class MultiBandDiffusion(nn.Module):
     def decode(
         self, codes: Tensor, reference: Tensor, on_call: Callable[[], None], noise: BandNoise | None = None
     ) -> Tensor:
-        """Codes [B, K, F] and their EnCodec decode [B, 1, T] → the diffusion decode [B, 1, T]."""
-        condition = self.latent(codes)
+        """Codes [B, K, F] and their EnCodec decode [B, 1, T] → the diffusion decode [B, 1, T] (float32).
+
+        The U-Nets run in their own precision (`self.dtype`), whatever the MusicGen model's: the EnCodec latent is
+        cast to it; the noise, the sampler's arithmetic, the band filters (FFTs) and the EQ stay float32."""
+        condition = self.latent(codes).to(self.dtype)
+        reference = reference.float()
         out = torch.zeros_like(reference)
         for i, band in enumerate(self.bands):
 
@@ -92,6 +96,11 @@ class MultiBandDiffusion(nn.Module):
             out += band.generate(condition, reference.shape, draw, on_call)
         return self.match_eq(out, reference)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The precision the U-Nets run in."""
+        return next(self.bands[0].unet.parameters()).dtype
+
     def match_eq(self, wav: Tensor, reference: Tensor) -> Tensor:
         """Rescale each mel band of `wav` to the energy of the same band of `reference` (one gain per band)."""
         bands, reference_bands = self.eq_split(wav), self.eq_split(reference)
@@ -101,16 +110,27 @@ class MultiBandDiffusion(nn.Module):
         return out
 
 
+def unet_dtype(device: torch.device) -> torch.dtype:
+    """float16 U-Nets on CUDA: against float32 they keep a 64 dB waveform SNR on audiocraft's reference checkpoint
+    (bfloat16 only 46 dB) and halve the 4.6 GB of weights. float32 on a CPU, where half-precision convolutions are no
+    faster."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
 def load_mbd(source: str, codec: EncodecModel, device: torch.device) -> MultiBandDiffusion:
-    """Load the published (or a compatible) MBD checkpoint for this model's codec, logging time and size."""
+    """Load the published (or a compatible) MBD checkpoint for this model's codec, logging time and size; the U-Nets
+    in `unet_dtype(device)`, the band filters in float32."""
     started = time.perf_counter()
     mbd = MultiBandDiffusion(load_checkpoint(source), codec).to(device).eval()
+    for band in mbd.bands:
+        band.unet.to(unet_dtype(device))
     size = sum(t.numel() * t.element_size() for band in mbd.bands for t in band.parameters())
     log.info(
-        "loaded MultiBand Diffusion from %s in %.1f s: %d bands, %.0f MB of weights",
+        "loaded MultiBand Diffusion from %s in %.1f s: %d bands, %.0f MB of weights (U-Nets in %s)",
         source,
         time.perf_counter() - started,
         len(mbd.bands),
         size / 1e6,
+        str(mbd.dtype).removeprefix("torch."),
     )
     return mbd

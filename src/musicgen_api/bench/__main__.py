@@ -17,9 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from musicgen_api.audio.codec import EncodecCodec
-from musicgen_api.audio.mbd import MultiBandDiffusion
+from musicgen_api.audio.mbd import MultiBandDiffusion, unet_dtype
 from musicgen_api.audio.wav import to_wav_bytes
 from musicgen_api.bench.random_model import build_random_codec, build_random_mbd, build_random_musicgen, build_tokenizer
 from musicgen_api.engine.conditioning import TextConditioner
@@ -188,7 +189,8 @@ def bench_model(name: str, args: argparse.Namespace, out: Any) -> None:
 
 
 def bench_mbd(args: argparse.Namespace, out: Any) -> None:
-    """MultiBand Diffusion of the published shape decoding `--duration` seconds of random codes."""
+    """MultiBand Diffusion of the published shape decoding `--duration` seconds of random codes: float32, then the
+    U-Net precision the server uses on this device, with the error of the latter against float32."""
     device = resolve_device(args.device)
     codec = build_random_codec(args.mbd_codec, device=str(device))
     checkpoint = build_random_mbd(int(codec.config.codebook_dim or 0), hidden=args.mbd_hidden)
@@ -197,25 +199,35 @@ def bench_mbd(args: argparse.Namespace, out: Any) -> None:
     frames = args.duration * 50
     codes = torch.randint(0, int(codec.config.codebook_size), (1, 4, frames), device=device)
     reference = EncodecCodec(codec, 1).decode(codes[0])[:, None, :]
-    marks: list[float] = []
+    exact: Tensor | None = None
+    for dtype in dict.fromkeys((torch.float32, unet_dtype(device))):
+        for band in mbd.bands:
+            band.unet.to(dtype)
+        marks: list[float] = []
 
-    def on_call() -> None:
-        sync(device)
-        marks.append(time.perf_counter())
+        def on_call(marks: list[float] = marks) -> None:
+            sync(device)
+            marks.append(time.perf_counter())
 
-    mbd.decode(codes[:, :, : min(frames, 50)], reference[..., : min(frames, 50) * 640], lambda: None)  # warm-up
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    wall, _ = timed(device, lambda: mbd.decode(codes, reference, on_call))
-    start = marks[0] - (marks[1] - marks[0])  # the first pass's start, estimated from the second's length
-    per_band = len(marks) // len(mbd.bands)
-    ends = [marks[(i + 1) * per_band - 1] for i in range(len(mbd.bands))]
-    band_seconds = [end - begin for begin, end in zip([start, *ends[:-1]], ends, strict=True)]
-    emit({"model": f"mbd-hidden{args.mbd_hidden}", "device": torch.cuda.get_device_name() if device.type == "cuda"
-          else "cpu", "dtype": "float32", "params_m": params / 1e6, "audio_seconds": args.duration,
-          "unet_passes": len(marks), "wall_s": wall, "ms_per_pass": 1000 * wall / len(marks),
-          "band_share": [round(b / sum(band_seconds), 3) for b in band_seconds],
-          "peak_gpu_gib": torch.cuda.max_memory_allocated() / GIB if device.type == "cuda" else None}, out)  # fmt: skip
+        mbd.decode(codes[:, :, : min(frames, 50)], reference[..., : min(frames, 50) * 640], lambda: None)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        torch.manual_seed(0)  # the same noise for both precisions
+        wall, decoded = timed(device, lambda: mbd.decode(codes, reference, on_call))
+        start = marks[0] - (marks[1] - marks[0])  # the first pass's start, estimated from the second's length
+        per_band = len(marks) // len(mbd.bands)
+        ends = [marks[(i + 1) * per_band - 1] for i in range(len(mbd.bands))]
+        band_seconds = [end - begin for begin, end in zip([start, *ends[:-1]], ends, strict=True)]
+        exact = decoded if exact is None else exact
+        error = (decoded - exact).float()
+        snr = 10 * torch.log10(exact.pow(2).mean() / error.pow(2).mean()).item() if error.abs().max() > 0 else None
+        emit({"model": f"mbd-hidden{args.mbd_hidden}", "device": torch.cuda.get_device_name() if device.type ==
+              "cuda" else "cpu", "dtype": str(dtype).removeprefix("torch."), "server_default": dtype ==
+              unet_dtype(device), "params_m": params / 1e6, "audio_seconds": args.duration, "unet_passes":
+              len(marks), "wall_s": wall, "ms_per_pass": 1000 * wall / len(marks), "band_seconds":
+              [round(b, 3) for b in band_seconds], "max_abs_vs_float32": error.abs().max().item(),
+              "snr_db_vs_float32": snr, "peak_gpu_gib": torch.cuda.max_memory_allocated() / GIB
+              if device.type == "cuda" else None}, out)  # fmt: skip
 
 
 START = time.perf_counter()
