@@ -6,14 +6,17 @@ the same loader a user's `--mbd-weights` file does.
 
 import asyncio
 import base64
+import http.server
 import io
 import pathlib
+import subprocess
 import threading
 import time
 import wave
 from typing import Any
 
 import pytest
+import requests
 import torch
 from transformers import EncodecModel
 
@@ -25,7 +28,7 @@ from musicgen_api.config import Settings
 from musicgen_api.generation import GenerationParams
 from musicgen_api.pipeline import build_pipeline
 from musicgen_api.service import Completed, Failed, GenerationService
-from tests.conftest import MBD_FIXTURE, Recorder, Server, ServerFactory
+from tests.conftest import MBD_FIXTURE, OFFLINE_ENV, Recorder, Server, ServerFactory, free_port, serve_command
 from tests.test_api import stream_events
 
 FIXTURES = MBD_FIXTURE.parent
@@ -233,3 +236,93 @@ def test_mbd_on_a_long_piece_and_a_continuation_without_its_prompt(bfloat16_mono
             "return_prompt": False}  # fmt: skip
     with _mbd_wav(bfloat16_mono_server, body) as w:
         assert w.getnframes() == 2 * 32000
+
+
+def _mbd_state(server: Server) -> dict[str, Any]:
+    return dict(requests.get(f"{server.url}/api/info", timeout=5).json()["mbd"])
+
+
+def _wait_mbd(server: Server, state: str, within: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + within
+    while (now := _mbd_state(server))["state"] != state:
+        assert time.monotonic() < deadline, f"MBD still {now} after {within} s"
+        time.sleep(0.1)
+    return now
+
+
+def test_unreachable_weights_leave_mbd_unavailable_not_the_server(
+    server_factory: ServerFactory, mono_model: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """Offline, with MBD weights nowhere on this machine and no --mbd/--no-mbd: the server serves at once without
+    MBD, says so once, and answers mbd: true with a 400 saying what to do."""
+    began = time.monotonic()
+    server = server_factory(mono_model, "--mbd-weights", "example/not-downloaded-mbd", env={"HF_HOME": str(tmp_path)})
+    assert time.monotonic() - began < 60
+    assert stream_events(server.url, {"description": "plain", "duration": 1})[-1]["status"] == "completed"
+    state = _wait_mbd(server, "unavailable")
+    assert "example/not-downloaded-mbd" in state["reason"]
+    assert requests.get(f"{server.url}/api/info", timeout=5).json()["mbd_available"] is False
+    r = requests.post(f"{server.url}/api/music", json={"description": "x", "duration": 1, "mbd": True}, timeout=10)
+    assert r.status_code == 400 and r.json()["field"] == "mbd" and "--mbd-weights" in r.json()["error"]
+    warnings = [line for line in server.log().splitlines() if "MultiBand Diffusion is unavailable" in line]
+    assert len(warnings) == 1 and "--no-mbd" in warnings[0]
+
+
+def test_required_mbd_without_weights_stops_startup(mono_model: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    command = serve_command("--model", str(mono_model), "--port", str(free_port()), "--mbd",
+                            "--mbd-weights", "example/not-downloaded-mbd")  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                            env={**OFFLINE_ENV, "HF_HOME": str(tmp_path)})  # fmt: skip
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "cannot start" in line]
+    assert len(errors) == 1 and "--no-mbd" in errors[0] and "Traceback" not in result.stderr
+
+
+class _SlowHub(http.server.BaseHTTPRequestHandler):
+    """The hub's file endpoint for one MBD checkpoint, which holds the download until the test releases it."""
+
+    release = threading.Event()
+    payload = MBD_FIXTURE.read_bytes()
+
+    def _headers(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.payload)))
+        self.send_header("ETag", '"mbd-fixture"')
+        self.send_header("X-Repo-Commit", "0" * 40)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.end_headers()
+
+    def do_HEAD(self) -> None:  # noqa: N802 (http.server's name)
+        self._headers()
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self.release.wait(60)
+        self._headers()
+        self.wfile.write(self.payload)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_weights_fetched_in_the_background(
+    server_factory: ServerFactory, mono_model: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    """A hub whose download takes its time: plain requests are served meanwhile, mbd: true gets a 503 with
+    Retry-After until the weights are in, then it completes."""
+    handler = type("Hub", (_SlowHub,), {"release": threading.Event()})
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as hub:
+        threading.Thread(target=hub.serve_forever, daemon=True).start()
+        env = {"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{hub.server_port}",
+               "HF_HUB_DISABLE_XET": "1"}  # fmt: skip
+        server = server_factory(mono_model, "--mbd-weights", "example/slow-mbd", env=env)
+        assert _mbd_state(server)["state"] == "loading"
+        assert stream_events(server.url, {"description": "plain", "duration": 1})[-1]["status"] == "completed"
+        body = {"description": "x", "duration": 1, "mbd": True}
+        r = requests.post(f"{server.url}/api/music", json=body, timeout=10)
+        assert r.status_code == 503 and int(r.headers["Retry-After"]) > 0
+        assert "still being fetched" in r.json()["error"]
+        assert requests.get(f"{server.url}/api/healthcheck", timeout=5).status_code == 200  # not busy: idle
+        handler.release.set()
+        _wait_mbd(server, "ready")
+        assert stream_events(server.url, body)[-1]["status"] == "completed"
+        hub.shutdown()

@@ -62,7 +62,9 @@ def _server_flags(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--mbd",
         action=argparse.BooleanOptionalAction,
-        help="load MultiBand Diffusion so requests may ask for mbd: true (default on; --no-mbd skips it)",
+        help="MultiBand Diffusion for requests with mbd: true. Default: use it when its weights can be had (local "
+        "ones before serving, a download in the background); --mbd requires it (start-up fails without the "
+        "weights); --no-mbd skips it [MUSICGEN_MBD=auto|on|off]",
     )
     serve.add_argument(
         "--mbd-weights", help="hub repo or local file of the MBD weights (default facebook/multiband-diffusion)"
@@ -342,6 +344,9 @@ def _with_flag(exc: Exception) -> str:
     return str(exc)
 
 
+MBD_STATES = {"ready": "MBD available", "loading": "MBD loading", "unavailable": "MBD unavailable", "off": "no MBD"}
+
+
 def _describe_server(info: dict[str, Any]) -> str:
     """`facebook/musicgen-small on cuda, mono, 32000 Hz, up to 120 s, MBD available` from what GET /api/info has."""
     parts = []
@@ -353,7 +358,10 @@ def _describe_server(info: dict[str, Any]) -> str:
         parts.append(f"{info['sample_rate']} Hz")
     if "max_duration" in info:
         parts.append(f"up to {info['max_duration']} s")
-    if "mbd_available" in info:
+    mbd = info.get("mbd")
+    if isinstance(mbd, dict) and "state" in mbd:
+        parts.append(MBD_STATES.get(str(mbd["state"]), f"MBD {mbd['state']}"))
+    elif "mbd_available" in info:
         parts.append("MBD available" if info["mbd_available"] else "no MBD")
     return ", ".join(parts)
 

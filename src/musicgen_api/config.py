@@ -8,12 +8,13 @@ import logging
 import os
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["auto", "cuda", "cpu"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 Backend = Literal["fast", "transformers"]
+MBDMode = Literal["auto", "on", "off"]  # MultiBand Diffusion: see audio/mbd_supply.py
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ class Settings(BaseSettings):
     dtype: DType = "auto"  # auto: float16 on CUDA, float32 on CPU
     backend: Backend = "fast"  # fast: our decode loop; transformers: its generate(), kept as the reference
     compile: bool = True  # CUDA only: fuse the decode step with torch.compile before capturing it (slower start-up)
-    mbd: bool = True  # load MultiBand Diffusion at start-up so requests may ask for `mbd: true`
+    mbd: MBDMode = "auto"  # auto: load local weights, fetch others in the background; on: required; off: none
     mbd_weights: str = "facebook/multiband-diffusion"  # hub repo (its mbd_musicgen_32khz.th) or a local .th file
     max_duration: int = Field(120, ge=1)  # longest clip a request may ask for, in seconds
     window: int = Field(30, ge=2)  # MusicGen's training window; longer pieces are made window by window
@@ -42,6 +43,16 @@ class Settings(BaseSettings):
     send_timeout: float = Field(30.0, gt=0)  # a client that takes longer to accept one event is dropped
     log_format: Literal["text", "json"] = "text"  # json: one object per line, with the request id
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("mbd", mode="before")
+    @classmethod
+    def _mbd_as_switch(cls, value: object) -> object:
+        """--mbd / --no-mbd (and MUSICGEN_MBD=true/false) are on / off."""
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return "on" if value.lower() in ("true", "1", "yes") else "off"
+        return value
 
     @model_validator(mode="after")
     def _windows_overlap(self) -> Self:

@@ -22,5 +22,9 @@ class Busy(RuntimeError):
     """Another generation holds the one slot (HTTP 503)."""
 
 
+class NotReady(Busy):
+    """What the request asks for is still being prepared (MultiBand Diffusion downloading); try again (HTTP 503)."""
+
+
 class GenerationFailed(RuntimeError):
     """Generation broke after it started; the message is safe to show the user."""

@@ -19,7 +19,8 @@ from musicgen_api import metrics
 from musicgen_api.audio.codec import EncodecCodec
 from musicgen_api.audio.formats import MIME_TYPES, decode_audio, encode_audio, probe_audio
 from musicgen_api.audio.loudness import normalize
-from musicgen_api.audio.mbd import MultiBandDiffusion, load_mbd
+from musicgen_api.audio.mbd import MultiBandDiffusion
+from musicgen_api.audio.mbd_supply import MBDSupply
 from musicgen_api.config import Settings
 from musicgen_api.engine.backend import CodeGenerator
 from musicgen_api.engine.conditioning import TextConditioner
@@ -28,7 +29,7 @@ from musicgen_api.engine.loading import MusicgenBundle, load_musicgen
 from musicgen_api.engine.long_form import generate_long, total_steps
 from musicgen_api.engine.melody import MelodyEngine
 from musicgen_api.engine.reference import TransformersEngine
-from musicgen_api.errors import GenerationFailed, InvalidRequest
+from musicgen_api.errors import GenerationFailed, InvalidRequest, NotReady
 from musicgen_api.generation import GenerationParams, JobControl, RenderedAudio, to_frames, to_seconds
 from musicgen_api.progress import JobProgress, StageCosts
 
@@ -43,11 +44,11 @@ class MusicPipeline:
         bundle: MusicgenBundle,
         engine: CodeGenerator,
         conditioner: TextConditioner,
-        mbd: MultiBandDiffusion | None = None,
+        mbd: MBDSupply | None = None,
         window: int = 30,
         stride: int = 18,
     ) -> None:
-        self.bundle, self.engine, self.conditioner, self.mbd = bundle, engine, conditioner, mbd
+        self.bundle, self.engine, self.conditioner, self.mbd_supply = bundle, engine, conditioner, mbd
         self.codec = EncodecCodec(bundle.codec, bundle.audio_channels)
         self.window, self.stride = to_frames(window), to_frames(stride)  # in code frames
         self.costs = StageCosts()
@@ -63,15 +64,17 @@ class MusicPipeline:
             "window": round(to_seconds(self.window)),
             "backend": self.engine.name,
             "device": str(self.bundle.device),
+            "mbd": self.mbd_supply.describe() if self.mbd_supply else {"state": "off"},
         }
+
+    @property
+    def mbd(self) -> MultiBandDiffusion | None:
+        """MultiBand Diffusion when it is ready."""
+        return self.mbd_supply.model if self.mbd_supply else None
 
     def check(self, params: GenerationParams) -> None:
         """Refuse, before any work starts, what this server cannot do with this request."""
-        if params.mbd and self.mbd is None:
-            raise InvalidRequest(
-                'MultiBand Diffusion is turned off on this server (started with --no-mbd); send "mbd": false',
-                field="mbd",
-            )
+        self._check_mbd(params)
         self._check_melody(params)
         self.conditioner.tokenize(params.description)
         prompt_frames = self._check_prompt(params)
@@ -83,6 +86,26 @@ class MusicPipeline:
                 f"this server runs {why}",
                 field=field,
             )
+
+    def _check_mbd(self, params: GenerationParams) -> None:
+        supply = self.mbd_supply
+        if not params.mbd or (supply is not None and supply.state == "ready"):
+            return
+        if supply is not None and supply.state == "loading":
+            raise NotReady(
+                f"MultiBand Diffusion is still being fetched ({supply.loading_seconds:.0f} s so far; its weights are "
+                'about 4.6 GB); try again in a minute, or send "mbd": false'
+            )
+        if supply is None or supply.state == "off":
+            raise InvalidRequest(
+                'MultiBand Diffusion is turned off on this server (started with --no-mbd); send "mbd": false',
+                field="mbd",
+            )
+        raise InvalidRequest(
+            f'MultiBand Diffusion is unavailable on this server ({supply.reason}); send "mbd": false, or have '
+            "the server started with its weights reachable (--mbd-weights FILE or a hub cache under HF_HOME)",
+            field="mbd",
+        )
 
     def _check_melody(self, params: GenerationParams) -> None:
         if params.melody is None:
@@ -215,5 +238,5 @@ def build_pipeline(settings: Settings) -> MusicPipeline:
         engine = TransformersEngine(bundle, conditioner)
     else:
         engine = FastEngine(bundle, conditioner, window, compile_step=settings.compile)
-    mbd = load_mbd(settings.mbd_weights, bundle.codec, bundle.device) if settings.mbd else None
+    mbd = MBDSupply(settings.mbd, settings.mbd_weights, bundle.codec, bundle.device)
     return MusicPipeline(bundle, engine, conditioner, mbd, window, settings.extend_stride)

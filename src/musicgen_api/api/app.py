@@ -60,12 +60,13 @@ def create_app(service: Generations, settings: Settings) -> FastAPI:
     @app.get("/api/info")
     async def info() -> dict[str, Any]:
         """What this server runs and accepts, so clients (the web page, the CLI) need not hard-code it."""
+        described = service.describe()
         return {
             "version": __version__,
-            **service.describe(),
+            **described,
             "max_duration": settings.max_duration,
             "max_description_chars": settings.max_description_chars,
-            "mbd_available": settings.mbd,
+            "mbd_available": described.get("mbd", {}).get("state") == "ready",
             "fields": request_fields(settings.max_duration, settings.max_description_chars),
         }
 

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from musicgen_api import metrics
-from musicgen_api.errors import Busy, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from musicgen_api.errors import Busy, InvalidRequest, NotReady, PayloadTooLarge, UnsupportedMediaType
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +18,10 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
         status = 413 if isinstance(exc, PayloadTooLarge) else 415 if isinstance(exc, UnsupportedMediaType) else 400
         body = {"error": str(exc)} if exc.field is None else {"error": str(exc), "field": exc.field}
         return JSONResponse(body, status_code=status)
+
+    @app.exception_handler(NotReady)
+    async def not_ready(_: Request, exc: NotReady) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": str(retry_after_s)})
 
     @app.exception_handler(Busy)
     async def busy(_: Request, exc: Busy) -> JSONResponse:

@@ -43,12 +43,31 @@ function applyLimits(limits) {
   for (const box of [duration, slider]) box.max = maxDuration;
   setDuration(Math.min(SPEC_DEFAULT_DURATION, maxDuration));
   if (limits?.max_description_chars) description.maxLength = limits.max_description_chars;
-  if (limits?.mbd_available === false) {
-    input("mbd").disabled = true;
-    $("#mbd-note").textContent = "(turned off on this server)";
-  }
+  showMbd(limits);
   applyDefaults(limits?.fields);
   countChars();
+}
+
+const MBD_NOTES = {
+  ready: "(slower, cleaner)",
+  loading: "(its weights are still downloading on the server)",
+  unavailable: "(unavailable on this server)",
+  off: "(turned off on this server)",
+};
+const MBD_POLL_MS = 10000;
+
+/** The MBD box follows the server's MultiBand Diffusion state; while it loads, /api/info is asked again. */
+function showMbd(limits) {
+  const state = limits?.mbd?.state ?? (limits?.mbd_available === false ? "off" : "ready");
+  const box = input("mbd");
+  box.disabled = state !== "ready";
+  if (box.disabled) box.checked = false;
+  const note = $("#mbd-note");
+  note.textContent = MBD_NOTES[state] ?? `(${state})`;
+  note.title = limits?.mbd?.reason ?? "";
+  if (state === "loading") {
+    setTimeout(async () => showMbd((await fetchLimits().catch(() => null)) ?? limits), MBD_POLL_MS);
+  }
 }
 
 /** The server's own defaults (its /api/info `fields`) for the boxes that have one; then the boxes reset to them. */
