@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["auto", "cuda", "cpu"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
+Quantize = Literal["none", "int8"]
 Backend = Literal["fast", "transformers"]
 
 
@@ -21,7 +22,8 @@ class Settings(BaseSettings):
     port: int = Field(5000, ge=1, le=65535)  # the spec's clients talk to port 5000
     model: str = "facebook/musicgen-small"  # hub id or local folder, loaded with from_pretrained
     device: Device = "auto"  # auto: CUDA when available, else CPU
-    dtype: DType = "auto"  # auto: float16 on CUDA, float32 on CPU
+    dtype: DType = "auto"  # auto: float16 on CUDA; float32 on CPU, the decoder bfloat16 where the CPU has it natively
+    quantize: Quantize = "none"  # int8: the fast decoder's weights as int8 (weight-only), fastest on CPU, less exact
     backend: Backend = "fast"  # fast: our decode loop; transformers: its generate(), kept as the reference
     compile: bool = True  # CUDA only: fuse the decode step with torch.compile before capturing it (slower start-up)
     mbd: bool = True  # load MultiBand Diffusion at start-up so requests may ask for `mbd: true`

@@ -20,7 +20,7 @@ from musicgen_api.audio.codec import EncodecCodec
 from musicgen_api.audio.formats import MIME_TYPES, decode_audio, encode_audio, probe_audio
 from musicgen_api.audio.loudness import normalize
 from musicgen_api.audio.mbd import MultiBandDiffusion, load_mbd
-from musicgen_api.config import Settings
+from musicgen_api.config import Quantize, Settings
 from musicgen_api.engine.conditioning import TextConditioner
 from musicgen_api.engine.fast import FastEngine
 from musicgen_api.engine.loading import MusicgenBundle, load_musicgen
@@ -40,6 +40,8 @@ class CodeGenerator(Protocol):
     num_codebooks: int
     channels: int
     supports_prompts: bool
+    dtype: torch.dtype  # the precision its decoder runs in
+    quantize: Quantize  # "none", or how its decoder's weights are stored ("int8")
 
     def generate(
         self, params: GenerationParams, on_step: StepHook, prompt: Tensor | None = None, frames: int | None = None
@@ -72,6 +74,9 @@ class MusicPipeline:
             "window": self.window // FRAME_RATE,
             "backend": "fast" if self.engine.supports_prompts else "transformers",
             "device": str(self.bundle.device),
+            "dtype": _name(self.bundle.dtype),
+            "decoder_dtype": _name(self.engine.dtype),
+            "quantize": self.engine.quantize,
         }
 
     def check(self, params: GenerationParams) -> None:
@@ -194,6 +199,10 @@ class MusicPipeline:
             torch.cuda.synchronize()
 
 
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def build_pipeline(settings: Settings) -> MusicPipeline:
     if settings.extend_stride >= settings.window:
         stride, window = settings.extend_stride, settings.window
@@ -210,7 +219,7 @@ def build_pipeline(settings: Settings) -> MusicPipeline:
     elif settings.backend == "transformers":
         engine = TransformersEngine(bundle, conditioner)
     else:
-        engine = FastEngine(bundle, conditioner, window, compile_step=settings.compile)
+        engine = FastEngine(bundle, conditioner, window, compile_step=settings.compile, quantize=settings.quantize)
         del bundle.model.decoder  # the fast engine now owns these weights; keep one copy in memory
     mbd = load_mbd(settings.mbd_weights, bundle.codec, bundle.device) if settings.mbd else None
     return MusicPipeline(bundle, engine, conditioner, mbd, window, settings.extend_stride)
