@@ -26,7 +26,7 @@ no_progress = Unwatched()
 def bundle(request: pytest.FixtureRequest) -> MusicgenBundle:
     """A fresh load per test: a FastEngine takes the decoder's weights out of the bundle it is built from."""
     path: pathlib.Path = request.getfixturevalue(f"{request.param}_model")
-    return load_musicgen(str(path), device="cpu")
+    return load_musicgen(str(path), device="cpu", dtype="float32")  # the equivalence tests compare float32
 
 
 @pytest.mark.parametrize("cfg_coef", [3.0, 1.0])
@@ -64,7 +64,7 @@ def test_teacher_forced_logits_match_transformers(bundle: MusicgenBundle) -> Non
     ours = MusicgenDecoder.from_transformers(bundle.model.decoder, bundle.model.config.decoder)
     ours.setup_cache(batch=1, length=t)
     with torch.no_grad():
-        logits = ours(tokens, torch.arange(t), ours.cross_keys_values(hidden), mask[:, None, None, :])
+        logits = ours(tokens, torch.arange(t), t, ours.cross_keys_values(hidden), mask[:, None, None, :])
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, get_args
 
 from pydantic import ValidationError
 
-from musicgen_api.config import Backend, ClusterSettings, Device, DType, Settings
+from musicgen_api.config import Backend, ClusterSettings, Device, DType, Quantize, Settings
 from musicgen_api.errors import Busy, GenerationFailed, InvalidRequest
 from musicgen_api.generation import AudioFormat, Normalization
 
@@ -49,7 +49,15 @@ def _server_flags(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument("--device", choices=get_args(Device), help="where to run (default auto) [MUSICGEN_DEVICE]")
     serve.add_argument(
-        "--dtype", choices=get_args(DType), help="weights precision (default auto: float16 on CUDA, float32 on CPU)"
+        "--dtype",
+        choices=get_args(DType),
+        help="weights precision (default auto: float16 on CUDA; float32 on CPU, with a bfloat16 fast decoder where "
+        "the CPU has native bfloat16; float32 keeps it all float32)",
+    )
+    serve.add_argument(
+        "--quantize",
+        choices=get_args(Quantize),
+        help="int8: store the fast decoder's weights as int8 (fastest on CPU, slightly less exact; default none)",
     )
     serve.add_argument(
         "--backend", choices=get_args(Backend), help="decode loop: fast (default) or transformers' generate (reference)"

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Device = Literal["auto", "cuda", "cpu"]
 DType = Literal["auto", "float32", "float16", "bfloat16"]
+Quantize = Literal["none", "int8"]
 Backend = Literal["fast", "transformers"]
 MBDMode = Literal["auto", "on", "off"]  # MultiBand Diffusion: see audio/mbd_supply.py
 
@@ -26,7 +27,8 @@ class Settings(BaseSettings):
     port: int = Field(5000, ge=1, le=65535)  # the spec's clients talk to port 5000
     model: str = "facebook/musicgen-small"  # hub id or local folder, loaded with from_pretrained
     device: Device = "auto"  # auto: CUDA when available, else CPU
-    dtype: DType = "auto"  # auto: float16 on CUDA, float32 on CPU
+    dtype: DType = "auto"  # auto: float16 on CUDA; float32 on CPU, the decoder bfloat16 where the CPU has it natively
+    quantize: Quantize = "none"  # int8: the fast decoder's weights as int8 (weight-only), fastest on CPU, less exact
     backend: Backend = "fast"  # fast: our decode loop; transformers: its generate(), kept as the reference
     compile: bool = True  # CUDA only: fuse the decode step with torch.compile before capturing it (slower start-up)
     mbd: MBDMode = "auto"  # auto: load local weights, fetch others in the background; on: required; off: none

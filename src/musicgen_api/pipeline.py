@@ -65,6 +65,9 @@ class MusicPipeline:
             "backend": self.engine.name,
             "device": str(self.bundle.device),
             "mbd": self.mbd_supply.describe() if self.mbd_supply else {"state": "off"},
+            "dtype": _name(self.bundle.dtype),
+            "decoder_dtype": _name(self.engine.dtype),
+            "quantize": self.engine.quantize,
         }
 
     @property
@@ -224,6 +227,10 @@ class MusicPipeline:
             torch.cuda.synchronize()
 
 
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def build_pipeline(settings: Settings) -> MusicPipeline:
     bundle = load_musicgen(settings.model, settings.device, settings.dtype)
     conditioner = TextConditioner(bundle, settings.max_text_tokens)
@@ -237,6 +244,6 @@ def build_pipeline(settings: Settings) -> MusicPipeline:
     elif settings.backend == "transformers":
         engine = TransformersEngine(bundle, conditioner)
     else:
-        engine = FastEngine(bundle, conditioner, window, compile_step=settings.compile)
+        engine = FastEngine(bundle, conditioner, window, compile_step=settings.compile, quantize=settings.quantize)
     mbd = MBDSupply(settings.mbd, settings.mbd_weights, bundle.codec, bundle.device)
     return MusicPipeline(bundle, engine, conditioner, mbd, window, settings.extend_stride)

@@ -77,7 +77,7 @@ def profile_step(engine: FastEngine, steps: int = 20) -> dict[str, Any]:
     engine.generate(GenerationParams(PROMPT, 1), Unwatched())  # a realistic state to step from
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
-            engine.step()
+            engine.step(engine.attended(int(engine.pos)), engine.text_len)
         torch.cuda.synchronize()
     rows = []
     for event in prof.key_averages():

@@ -3,8 +3,10 @@ the long-piece loop and the pipeline never need to know which one runs."""
 
 from typing import Literal, Protocol
 
+import torch
 from torch import Tensor
 
+from musicgen_api.config import Quantize
 from musicgen_api.generation import GenerationParams, Progress
 
 BackendName = Literal["fast", "transformers"]
@@ -15,6 +17,8 @@ class CodeGenerator(Protocol):
     supports_prompts: bool  # can continue a prompt: long pieces (window by window) and audio_prompt
     num_codebooks: int
     channels: int
+    dtype: torch.dtype  # the precision its decoder runs in
+    quantize: Quantize  # "none", or how its decoder's weights are stored ("int8")
 
     def generate(
         self, params: GenerationParams, progress: Progress, prompt: Tensor | None = None, frames: int | None = None

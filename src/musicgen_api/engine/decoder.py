@@ -3,7 +3,10 @@
 Same maths and weights as transformers' `MusicgenForCausalLM` (its state dict is converted in memory by
 `from_transformers`; the user never converts anything), laid out the gpt-fast way: a static KV cache written by
 index, cross-attention keys/values computed once per request, fused projections, all codebook embeddings and heads
-as one gather and one matmul, and `forward(tokens, pos)` with static shapes so a step can be captured in a CUDA graph.
+as one gather and one matmul, and `forward(tokens, pos, kv_len, ...)` with static shapes so a step can be captured in
+a CUDA graph. Attention reads only the first `kv_len` cache positions (and the text slots the caller passes): a
+one-token step is bound by the bytes it reads, and attending over the whole static cache and text buffer cost as
+much as the weights themselves.
 """
 
 import math
@@ -107,11 +110,19 @@ class DecoderLayer(nn.Module):
         return self.heads(k), self.heads(v)  # [B, H, S, D] each
 
     def forward(
-        self, x: Tensor, pos: Tensor, self_mask: Tensor, cross_k: Tensor, cross_v: Tensor, cross_mask: Tensor
+        self,
+        x: Tensor,
+        pos: Tensor,
+        kv_len: int,
+        self_mask: Tensor,
+        cross_k: Tensor,
+        cross_v: Tensor,
+        cross_mask: Tensor,
     ) -> Tensor:
         assert self.cache is not None, "call MusicgenDecoder.setup_cache first"
         q, k, v = self.self_qkv(self.self_attn_norm(x)).chunk(3, dim=-1)
         keys, values = self.cache.update(pos, self.heads(k), self.heads(v))
+        keys, values = keys[:, :, :kv_len], values[:, :, :kv_len]  # [B, H, kv_len, D]: the positions that exist
         h = F.scaled_dot_product_attention(self.heads(q), keys, values, attn_mask=self_mask)
         x = x + self.self_out(self.merge(h))
         q = self.heads(self.cross_q(self.cross_attn_norm(x)))
@@ -149,17 +160,21 @@ class MusicgenDecoder(nn.Module):
             assert layer.cache is not None, "call setup_cache first"
             layer.cache.reset()
 
-    def forward(self, tokens: Tensor, pos: Tensor, cross_kv: list[tuple[Tensor, Tensor]], cross_mask: Tensor) -> Tensor:
-        """tokens [B, K, T] at positions pos [T] → logits [B, K, T, V] (float32)."""
+    def forward(
+        self, tokens: Tensor, pos: Tensor, kv_len: int, cross_kv: list[tuple[Tensor, Tensor]], cross_mask: Tensor
+    ) -> Tensor:
+        """tokens [B, K, T] at positions pos [T] → logits [B, K, T, V] (float32), attending to the first `kv_len`
+        cache positions (at least max(pos) + 1; more is correct, only masked) and to the text slots of `cross_kv`
+        ([B, H, S, D] each) and `cross_mask` [B, 1, 1, S]."""
         assert self.causal is not None, "call setup_cache first"
         b, k, t = tokens.shape
         x = F.embedding(tokens + self.embed_offsets[None, :, None], self.embed).sum(1)  # [B, T, C]
         if self.args.embed_scale != 1.0:
             x = x * self.args.embed_scale
         x = x + self.positions[pos].to(x.dtype)
-        self_mask = self.causal[None, None, pos]  # [1, 1, T, L]
+        self_mask = self.causal[None, None, pos, :kv_len]  # [1, 1, T, kv_len]
         for layer, (ck, cv) in zip(self.layers, cross_kv, strict=True):
-            x = layer(x, pos, self_mask, ck, cv, cross_mask)
+            x = layer(x, pos, kv_len, self_mask, ck, cv, cross_mask)
         logits = self.heads(self.norm(x)).view(b, t, k, self.args.codebook_size)
         return logits.transpose(1, 2).float()
 

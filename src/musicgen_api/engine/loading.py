@@ -42,6 +42,7 @@ class MusicgenBundle:
     dtype: torch.dtype
     source: str = "(in memory)"  # the hub id or folder it was loaded from
     chroma: ChromaExtractor | None = None  # melody checkpoints only: melody audio → the chroma they condition on
+    decoder_dtype: torch.dtype | None = None  # the fast engine's decoder precision where it differs from dtype
 
     @property
     def melody(self) -> bool:
@@ -96,6 +97,20 @@ def resolve_device(device: Device) -> torch.device:
     return torch.device(device)
 
 
+def cpu_has_native_bfloat16() -> bool:
+    """AVX-512 BF16 or AMX: bfloat16 matrix products run in hardware, at twice float32's rate per byte read."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def resolve_decoder_dtype(dtype: DType, device: torch.device) -> torch.dtype:
+    """The fast engine's decoder precision. A CPU decode step is bound by reading the weights, so on a CPU with native
+    bfloat16 `auto` picks bfloat16 for the decoder (the text encoder and EnCodec, run once per request, stay float32);
+    otherwise the same as the rest of the model."""
+    if dtype == "auto" and device.type == "cpu" and cpu_has_native_bfloat16():
+        return torch.bfloat16
+    return resolve_dtype(dtype, device)
+
+
 def resolve_dtype(dtype: DType, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
@@ -114,6 +129,7 @@ def load_musicgen(source: str, device: Device = "auto", dtype: DType = "auto") -
         )
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    decoder_dtype = resolve_decoder_dtype(dtype, torch_device)
     started = time.perf_counter()
     try:
         melody = AutoConfig.from_pretrained(source).model_type == "musicgen_melody"
@@ -129,13 +145,14 @@ def load_musicgen(source: str, device: Device = "auto", dtype: DType = "auto") -
             "on a machine with network access."
         ) from exc
     model.to(torch_device).eval()  # type: ignore[arg-type]  # transformers' stub types .to() narrowly
-    bundle = MusicgenBundle(model, tokenizer, torch_device, torch_dtype, source, chroma)
+    bundle = MusicgenBundle(model, tokenizer, torch_device, torch_dtype, source, chroma, decoder_dtype)
     log.info(
-        "loaded %s%s on %s (%s) in %.1f s: %d codebooks, %d channel(s)",
+        "loaded %s%s on %s (%s%s) in %.1f s: %d codebooks, %d channel(s)",
         source,
         " (MusicGen-Melody)" if melody else "",
         torch_device,
         str(torch_dtype).removeprefix("torch."),
+        "" if decoder_dtype == torch_dtype else f"; fast decoder {str(decoder_dtype).removeprefix('torch.')}",
         time.perf_counter() - started,
         bundle.num_codebooks,
         bundle.audio_channels,

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from musicgen_api.config import Quantize
 from musicgen_api.engine.backend import BackendName
 from musicgen_api.engine.conditioning import TextConditioner
 from musicgen_api.engine.delay import sequence_length, undelay
@@ -38,10 +39,12 @@ class _StepWatcher(StoppingCriteria):
 class TransformersEngine:
     name: BackendName = "transformers"
     supports_prompts = False  # one window from the text alone: no long pieces, no continuations
+    quantize: Quantize = "none"
 
     def __init__(self, bundle: MusicgenBundle, conditioner: TextConditioner) -> None:
         self.bundle, self.conditioner = bundle, conditioner
         self.num_codebooks, self.channels = bundle.num_codebooks, bundle.audio_channels
+        self.dtype = bundle.dtype  # transformers runs the whole model in the loaded precision
 
     @torch.no_grad()
     def generate(
