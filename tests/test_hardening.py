@@ -341,10 +341,10 @@ def test_faults_mid_stream_end_in_an_error_event(mono_model: pathlib.Path, fault
     service, pipeline = _service(mono_model)
     real = pipeline.engine.step
 
-    def failing_step() -> None:
+    def failing_step(kv_len: int, text_len: int) -> None:
         if pipeline.engine.pos.item() == 20:
             raise fault
-        real()
+        real(kv_len, text_len)
 
     pipeline.engine.step = failing_step
     events = _run_job(service, GenerationParams("fault", 1))
