@@ -16,9 +16,11 @@ from dataclasses import dataclass
 
 import pytest
 import requests
+import torch
+from torch import Tensor
 
 from musicgen_api.bench.random_model import save_random_musicgen
-from musicgen_api.generation import GenerationCancelled
+from musicgen_api.generation import AudioChunk, GenerationCancelled, ReadFrames
 
 MBD_FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "mbd" / "mbd_tiny.th"  # fits the tiny model's codec
 OFFLINE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -47,6 +49,19 @@ class Recorder:
         self.steps = 0
         self.advances: list[int] = []  # the step count after each advance
         self.reports: list[float] = []  # the job fractions reported
+        self.settled: list[int] = []  # `complete` of each frames_ready
+        self.frames: Tensor | None = None  # the settled frames' codes, read as they settled
+        self.chunks: list[AudioChunk] = []
+
+    def frames_ready(self, complete: int, read: ReadFrames) -> None:
+        self.settled.append(complete)
+        have = 0 if self.frames is None else self.frames.shape[1]
+        if complete > have:
+            new = read(have).clone()
+            self.frames = new if self.frames is None else torch.cat([self.frames, new], dim=1)
+
+    def audio(self, chunk: AudioChunk) -> None:
+        self.chunks.append(chunk)
 
     def advance(self, steps: int) -> None:
         self.steps += steps

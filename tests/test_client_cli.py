@@ -24,7 +24,7 @@ import requests
 import soundfile
 
 from tests.conftest import Server, free_port
-from tests.test_api import wait_healthy
+from tests.test_api import stream_events, wait_healthy
 
 # Runs the command as the console script does, then checks it never loaded torch (the client must start at once).
 CLI = """
@@ -165,6 +165,43 @@ def test_output_to_stdout(mono_server: Server, tmp_path: Path) -> None:
     assert result.returncode == 0 and result.stderr == b""
     assert result.stdout[:4] == b"RIFF" and len(result.stdout) == 44 + 32000 * 2
     assert list(tmp_path.iterdir()) == []
+
+
+def test_stream_writes_a_wav_to_stdout_as_it_arrives(mono_server: Server, tmp_path: Path) -> None:
+    """`--stream -o -`: a WAV header with unknown sizes, then exactly the audio events' PCM, in order."""
+    result = run_cli(
+        "generate", "pipe it live", "--duration", "3", "--stream", "-o", "-", "-q", "--seed", "5", "--url",
+        mono_server.url, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    out = result.stdout
+    riff, size, wave_id, fmt, fmt_size, kind, channels, rate, byte_rate, block, bits, data, data_size = struct.unpack(
+        "<4sI4s4sIHHIIHH4sI", out[:44]
+    )
+    assert (riff, wave_id, fmt, data) == (b"RIFF", b"WAVE", b"fmt ", b"data")
+    assert (size, data_size) == (0xFFFFFFFF, 0xFFFFFFFF)  # unknown length, as streaming WAV writers say
+    assert (fmt_size, kind, channels, rate, byte_rate, block, bits) == (16, 1, 1, 32000, 64000, 2, 16)
+    events = stream_events(mono_server.url, {"description": "pipe it live", "duration": 3, "seed": 5,
+                                             "stream_audio": True})  # fmt: skip
+    chunks = b"".join(base64.b64decode(e["audio_chunk"]) for e in events if e.get("status") == "audio")
+    assert out[44:] == chunks and len(chunks) == 3 * 32000 * 2
+    soundfile.info(io.BytesIO(out))  # a WAV reader takes it
+
+
+def test_stream_with_a_file_writes_the_finished_file(mono_server: Server, tmp_path: Path) -> None:
+    result = run_cli(
+        "generate", "x", "--duration", "1", "--stream", "-o", "x.wav", "--url", mono_server.url, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    with wave.open(str(tmp_path / "x.wav")) as w:
+        assert (w.getnframes(), w.getnchannels()) == (32000, 1)
+
+
+def test_stream_refuses_other_formats_on_stdout(tmp_path: Path) -> None:
+    result = run_cli(
+        "generate", "x", "--stream", "-o", "-", "--format", "flac", "--url", "http://127.0.0.1:9", cwd=tmp_path
+    )
+    assert result.returncode == 2 and "--stream writes WAV" in one_line(result.stderr)
 
 
 @pytest.mark.parametrize(

@@ -7,12 +7,14 @@ import pytest
 import torch
 
 from musicgen_api.audio.codec import EncodecCodec
+from musicgen_api.bench import fidelity
 from musicgen_api.config import Settings
 from musicgen_api.engine.conditioning import TextConditioner
 from musicgen_api.engine.decoder import MusicgenDecoder
 from musicgen_api.engine.delay import sequence_length
-from musicgen_api.engine.fast import FastEngine
+from musicgen_api.engine.fast import Buckets, FastEngine
 from musicgen_api.engine.loading import MusicgenBundle, load_musicgen
+from musicgen_api.engine.long_form import generate_long
 from musicgen_api.engine.reference import TransformersEngine
 from musicgen_api.engine.sampling import sample_next
 from musicgen_api.generation import GenerationCancelled, GenerationParams, Unwatched
@@ -190,3 +192,65 @@ def test_the_reference_backend_maps_top_p_and_a_weak_cfg_as_transformers_does(bu
     )
     assert torch.equal(weak, none)
     assert not torch.equal(none, strong)
+
+
+def test_attention_over_buckets_gives_the_sliced_codes(bundle: MusicgenBundle) -> None:
+    """CUDA rounds attention lengths up to buckets (more positions, masked); a CPU slices exactly. Greedy codes agree
+    in float32 for one window, a piece of several windows and a continuation."""
+    again = load_musicgen(bundle.source, device="cpu", dtype="float32")
+    sliced = FastEngine(bundle, TextConditioner(bundle, max_tokens=64), window_seconds=2)
+    bucketed = FastEngine(again, TextConditioner(again, max_tokens=64), window_seconds=2, buckets=Buckets(16, 8))
+    assert (sliced.attended(20), bucketed.attended(20)) == (21, 32)
+    params = GenerationParams("bucketed", duration=5, top_k=1)
+    long = [generate_long(e, params, no_progress, 250, window=100, stride=50) for e in (sliced, bucketed)]
+    assert torch.equal(long[0], long[1])
+    prompt = long[0][:, :30]
+    cont = [
+        generate_long(e, params, no_progress, 120, window=100, stride=50, prompt=prompt) for e in (sliced, bucketed)
+    ]
+    assert torch.equal(cont[0], cont[1])
+
+
+@pytest.mark.parametrize(
+    ("dtype", "quantize", "least_top1", "most_kl"),
+    [(torch.bfloat16, "none", 0.95, 2e-3), (torch.bfloat16, "int8", 0.93, 4e-3)],
+)
+def test_cheaper_decoders_stay_close_to_float32(
+    mono_model: pathlib.Path, dtype: torch.dtype, quantize: Any, least_top1: float, most_kl: float
+) -> None:
+    """Teacher-forced next-token distributions against float32's on one sequence: measured on the tiny model at
+    top-1 agreement 0.985 / mean KL 2e-4 (bfloat16) and 0.971 / 5e-4 (int8); the bounds leave a margin."""
+    params = GenerationParams("fidelity", 5, seed=0)
+    engines = []
+    for decoder_dtype, q in ((torch.float32, "none"), (dtype, quantize)):
+        bundle = load_musicgen(str(mono_model), device="cpu", dtype="float32")
+        bundle.decoder_dtype = decoder_dtype
+        engines.append(FastEngine(bundle, TextConditioner(bundle, 64), 5, quantize=q))
+    sequence = fidelity.reference_sequence(engines[0], params)
+    reference, candidate = (fidelity.next_token_log_probs(e, params, sequence) for e in engines)
+    figures = fidelity.compare(reference, candidate, params, channels=1)
+    assert figures["reference_entropy"] < 0.9 * figures["uniform_entropy"]  # the reference is not uniform noise
+    assert figures["top1_agreement"] >= least_top1 and figures["mean_kl"] <= most_kl, figures
+    assert engines[1].dtype == dtype and engines[1].attention_dtype == torch.float32
+
+
+def test_settled_frames_arrive_in_order_and_are_the_final_codes(bundle: MusicgenBundle) -> None:
+    """What `stream_audio` listens to: every decode loop says which frames are final as they settle, and those
+    frames are the codes it returns (fast engine, transformers, a long piece with a prompt)."""
+    conditioner = TextConditioner(bundle, max_tokens=64)
+    params = GenerationParams("settle", duration=2, top_k=5)
+    k_ch = bundle.num_codebooks // bundle.audio_channels
+    for make in (TransformersEngine, lambda b, c: FastEngine(b, c, window_seconds=2)):  # fast takes the weights
+        engine = make(bundle, conditioner)
+        seen = Recorder()
+        torch.manual_seed(0)
+        codes = engine.generate(params, seen)
+        assert seen.settled == sorted(seen.settled) and seen.settled[-1] == 100
+        before_first_step = 1 if isinstance(engine, FastEngine) else 0  # the fast engine reports the prompt first
+        assert seen.settled.index(1) == before_first_step + k_ch - 1  # frame 0 is whole after K_ch steps
+        assert seen.frames is not None and torch.equal(seen.frames, codes)
+    seen = Recorder()
+    prompt = codes[:, :30]
+    piece = generate_long(engine, params, seen, 250, window=100, stride=50, prompt=prompt)
+    assert seen.settled[0] == 30  # the prompt is settled before the first step
+    assert seen.frames is not None and torch.equal(seen.frames, piece) and piece.shape[1] == 250

@@ -147,6 +147,49 @@ def test_generate_shows_progress_and_a_playable_clip(page: Page, mono_server: Se
     assert page.locator("#result-title").inner_text() == PROMPT
 
 
+# Notes, each time the page sets its playing state, whether the finished clip had arrived by then.
+WATCH_PLAYING = """() => {
+  window.playingSeen = [];
+  const bar = document.querySelector('#progress');
+  new MutationObserver(() => window.playingSeen.push(
+    {playing: bar.dataset.playing, finished: !document.querySelector('#result').hidden}))
+    .observe(bar, {attributes: true, attributeFilter: ['data-playing']});
+}"""
+
+
+def test_the_piece_plays_while_it_is_made(page: Page, mono_server: Server) -> None:
+    """Playback starts from the stream's first chunks, before `completed`; then the player holds the final clip."""
+    page.fill("#description", "play me as you go")
+    page.fill("#duration", "30")
+    page.evaluate(WATCH_PLAYING)
+    with page.expect_request("**/api/music") as request:
+        page.click("#generate")
+    assert json.loads(str(request.value.post_data))["stream_audio"] is True
+    page.wait_for_function("document.querySelector('#progress').dataset.playing === 'true'", timeout=60_000)
+    assert page.locator("#result").is_hidden(), "playing only once the clip had arrived"
+    page.wait_for_function("parseFloat(document.querySelector('#progress .played').style.width) > 0", timeout=10_000)
+    page.wait_for_function("document.querySelector('#player').readyState >= 1", timeout=120_000)
+    assert page.locator("#player").evaluate("a => a.duration") == pytest.approx(30, abs=0.01)
+    first_playing = next(state for state in page.evaluate("window.playingSeen") if state["playing"] == "true")
+    assert first_playing["finished"] is False
+    # The live stream goes on after the clip arrived (no cut); pressing play hands over to the finished clip.
+    assert page.locator("#live-note").is_visible()
+    page.locator("#player").evaluate("a => a.play()")
+    page.wait_for_function("document.querySelector('#live-note').hidden")
+    page.locator("#player").evaluate("a => a.pause()")
+
+
+def test_cancel_stops_the_live_stream_too(page: Page, mono_server: Server) -> None:
+    page.fill("#description", "cancel me while playing")
+    page.fill("#duration", "30")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#progress').dataset.playing === 'true'", timeout=60_000)
+    page.click("#cancel")
+    page.wait_for_function("document.querySelector('#progress').dataset.playing === 'false'")
+    wait_healthy(mono_server.url, within=5)
+    assert page.locator("#result").is_hidden()
+
+
 def test_seed_and_format(page: Page, mono_server: Server) -> None:
     seed = "9007199254740993"  # 2**53 + 1: no JavaScript number holds it, the page must keep its digits
     page.click("summary")

@@ -10,10 +10,11 @@ a user can meet is one exception type whose message says what to do next: the se
 import base64
 import io
 import json
+import struct
 import wave
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -40,6 +41,17 @@ class Clip:
     channels: int
     duration: float  # seconds
     seed: int | None  # the seed that makes this clip again; None from a server that does not report one
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One `audio` event of a `stream_audio` generation: the next stretch of the piece as it is made."""
+
+    pcm: bytes  # 16-bit little-endian PCM, channels interleaved
+    offset: float  # seconds from the start of the piece
+    duration: float
+    sample_rate: int
+    channels: int
 
 
 def _timeout() -> httpx.Timeout:
@@ -159,8 +171,52 @@ def _clip(url: str, event: dict[str, Any]) -> Clip:
         raise GenerationFailed(f"{url} sent an unreadable clip ({exc!r}); is it a musicgen-api server?") from exc
 
 
-def generate(url: str, params: dict[str, Any], on_progress: Callable[[int], None], api_key: str | None = None) -> Clip:
-    """POST one generation and return the clip, calling `on_progress(percent)` as the server reports it.
+class StreamingWav:
+    """A WAV file written as its audio arrives (`generate --stream -o -`). Its length is not known when the header
+    goes out, so the RIFF and data sizes say 0xFFFFFFFF, as streaming WAV writers do; players read to the end."""
+
+    UNKNOWN = 0xFFFFFFFF
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.started = False
+
+    def write(self, chunk: Chunk) -> None:
+        if not self.started:
+            block = 2 * chunk.channels  # bytes per sample frame, 16-bit
+            self.out.write(
+                b"RIFF" + struct.pack("<I", self.UNKNOWN) + b"WAVE"
+                + b"fmt " + struct.pack("<IHHIIHH", 16, 1, chunk.channels, chunk.sample_rate,
+                                        chunk.sample_rate * block, block, 16)
+                + b"data" + struct.pack("<I", self.UNKNOWN)
+            )  # fmt: skip
+            self.started = True
+        self.out.write(chunk.pcm)
+        self.out.flush()
+
+
+def _chunk(url: str, event: dict[str, Any]) -> Chunk:
+    try:
+        return Chunk(
+            pcm=base64.b64decode(event["audio_chunk"], validate=True),
+            offset=float(event["offset"]),
+            duration=float(event["duration"]),
+            sample_rate=int(event["sample_rate"]),
+            channels=int(event["channels"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise GenerationFailed(f"{url} sent an unreadable audio event ({exc!r}); is it a musicgen-api server?") from exc
+
+
+def generate(
+    url: str,
+    params: dict[str, Any],
+    on_progress: Callable[[int], None],
+    api_key: str | None = None,
+    on_audio: Callable[[Chunk], None] | None = None,
+) -> Clip:
+    """POST one generation and return the clip, calling `on_progress(percent)` as the server reports it. With
+    `on_audio`, asks for the audio as it is made (`stream_audio`) and hands each chunk to it.
 
     Leaving early (an exception, Ctrl-C's KeyboardInterrupt) closes the connection, which stops the generation on
     the server and frees it for the next request.
@@ -168,7 +224,8 @@ def generate(url: str, params: dict[str, Any], on_progress: Callable[[int], None
     url = url.rstrip("/")
     headers = {"Accept": "text/event-stream", **_auth(api_key)}
     try:
-        with httpx.stream("POST", f"{url}/api/music", json=params, headers=headers, timeout=_timeout()) as response:
+        body = params | {"stream_audio": True} if on_audio else params
+        with httpx.stream("POST", f"{url}/api/music", json=body, headers=headers, timeout=_timeout()) as response:
             if response.status_code != 200:
                 raise _refusal(url, response)
             for event in _events(url, response):
@@ -176,6 +233,8 @@ def generate(url: str, params: dict[str, Any], on_progress: Callable[[int], None
                     raise GenerationFailed(f"generation failed on the server: {event['error']}")
                 if event.get("status") == "generating":
                     on_progress(int(event["progress"]))
+                elif event.get("status") == "audio" and on_audio:
+                    on_audio(_chunk(url, event))
                 elif event.get("status") == "completed":
                     return _clip(url, event)
     except httpx.TransportError as exc:

@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     port: int = Field(5000, ge=1, le=65535)  # the spec's clients talk to port 5000
     model: str = "facebook/musicgen-small"  # hub id or local folder, loaded with from_pretrained
     device: Device = "auto"  # auto: CUDA when available, else CPU
-    dtype: DType = "auto"  # auto: float16 on CUDA; float32 on CPU, the decoder bfloat16 where the CPU has it natively
+    dtype: DType = "auto"  # auto: float16 on CUDA; float32 on CPU, the decoder bfloat16 on x86 CPUs with AVX2 or better
     quantize: Quantize = "none"  # int8: the fast decoder's weights as int8 (weight-only), fastest on CPU, less exact
     backend: Backend = "fast"  # fast: our decode loop; transformers: its generate(), kept as the reference
     compile: bool = True  # CUDA only: fuse the decode step with torch.compile before capturing it (slower start-up)

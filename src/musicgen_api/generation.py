@@ -4,8 +4,12 @@ Plain data and protocols, no torch: the HTTP side, the CLI, the service, the pip
 all speak these types, so they live below every one of them.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
+
+if TYPE_CHECKING:  # annotations only: this module stays importable without torch
+    from torch import Tensor
 
 FRAME_RATE = 50  # MusicGen's EnCodec emits 50 code frames per second of 32 kHz audio
 
@@ -38,6 +42,7 @@ class GenerationParams:
     audio_prompt: bytes | None = None  # an encoded audio file (WAV, FLAC, MP3, OGG) to continue
     return_prompt: bool = True  # with audio_prompt: return prompt + continuation, `duration` seconds in all
     melody: bytes | None = None  # an encoded audio file whose melody conditions the piece (melody models only)
+    stream_audio: bool = False  # also send the audio as it is made, in AudioChunks between the progress events
 
     @property
     def frames(self) -> int:
@@ -57,6 +62,18 @@ class RenderedAudio:
     seed: int
 
 
+@dataclass(frozen=True)
+class AudioChunk:
+    """A stretch of the piece as it is being made (`stream_audio`): the chunks of one piece are contiguous, in order,
+    and together exactly its duration. Their levels are the preview's (see `audio.loudness.preview`)."""
+
+    pcm: bytes  # 16-bit little-endian PCM, channels interleaved, no header
+    offset: float  # seconds from the start of the returned audio
+    duration: float  # seconds
+    sample_rate: int
+    channels: int
+
+
 class GenerationCancelled(Exception):
     """Raised by `stop_if_cancelled` when the caller asked the generation to stop (the client went away)."""
 
@@ -71,6 +88,13 @@ class JobControl(Protocol):
     def stop_if_cancelled(self) -> None:
         """Raise GenerationCancelled if the job was cancelled; otherwise return at once."""
 
+    def audio(self, chunk: AudioChunk) -> None:
+        """The next stretch of audio of a `stream_audio` request."""
+
+
+# `read(start)`: the codes [K, complete - start] of the frames from `start` on that are final so far.
+ReadFrames = Callable[[int], "Tensor"]
+
 
 class Progress(Protocol):
     """What the decode loops are handed, the same object through long pieces and every window: they count the decode
@@ -81,6 +105,11 @@ class Progress(Protocol):
 
     def stop_if_cancelled(self) -> None:
         """Raise GenerationCancelled if the job was cancelled; otherwise return at once."""
+
+    def frames_ready(self, complete: int, read: ReadFrames) -> None:
+        """The first `complete` frames of the window being made (its prompt included) will not change any more. A
+        decode loop says so as they settle (the delay pattern completes frame n at step n + K_ch - 1) and always
+        once with every frame of the window at its end; `read` is valid only during the call."""
 
 
 class Unwatched:
@@ -93,4 +122,10 @@ class Unwatched:
         pass
 
     def stop_if_cancelled(self) -> None:
+        pass
+
+    def audio(self, chunk: AudioChunk) -> None:
+        pass
+
+    def frames_ready(self, complete: int, read: ReadFrames) -> None:
         pass

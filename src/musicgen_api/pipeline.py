@@ -21,6 +21,7 @@ from musicgen_api.audio.formats import MIME_TYPES, decode_audio, encode_audio, p
 from musicgen_api.audio.loudness import normalize
 from musicgen_api.audio.mbd import MultiBandDiffusion
 from musicgen_api.audio.mbd_supply import MBDSupply
+from musicgen_api.audio.streaming import AudioStreamer
 from musicgen_api.config import Settings
 from musicgen_api.engine.backend import CodeGenerator
 from musicgen_api.engine.conditioning import TextConditioner
@@ -172,10 +173,18 @@ class MusicPipeline:
         channels = self.bundle.audio_channels
         steps = total_steps(total, given, self.window, self.stride, self.bundle.num_codebooks, channels)
         mbd = self.mbd if params.mbd else None
-        progress = JobProgress(self.costs, job, steps, to_seconds(total), mbd.calls if mbd else 0)
+        streamer = None
+        if params.stream_audio:  # chunks of the EnCodec decode as frames settle (with MBD too: a preview)
+            skip = 0 if params.return_prompt else given
+            streamer = AudioStreamer(self.codec, total, skip, params.normalization, job.audio)
+        on_frames = streamer.frames_ready if streamer else None
+        progress = JobProgress(self.costs, job, steps, to_seconds(total), mbd.calls if mbd else 0, on_frames)
 
         started = time.perf_counter()
         codes = generate_long(self.engine, params, progress, total, self.window, self.stride, prompt)
+        if streamer is not None:
+            streamer.finish()
+            log.debug("streamed the audio; decoding its chunks took %.2f s", streamer.decode_seconds)
         self._sync()
         metrics.DECODE_STEPS_PER_SECOND.set(steps / (time.perf_counter() - started))
         progress.stage_done("tokens")

@@ -8,9 +8,10 @@ length of a job, so its percentages never go back.
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from musicgen_api.generation import JobControl
+from musicgen_api.generation import JobControl, ReadFrames
 
 
 @dataclass
@@ -34,6 +35,7 @@ class JobProgress:
     steps: int  # decode steps of the whole piece, all windows together
     audio_seconds: float
     diffusion_calls: int
+    on_frames: Callable[[int, ReadFrames], None] | None = None  # with stream_audio: where settled frames go
     costs: StageCosts = field(init=False)
     _steps_done: int = 0
     _done: float = 0.0  # estimated seconds of work done
@@ -53,6 +55,10 @@ class JobProgress:
         """`steps` more decode steps are done."""
         self._steps_done += steps
         self._move_to(self._steps_done * self.costs.tokens)
+
+    def frames_ready(self, complete: int, read: ReadFrames) -> None:
+        if self.on_frames is not None:
+            self.on_frames(complete, read)
 
     def codec_part(self, fraction: float) -> None:
         """The EnCodec decode is `fraction` (0 … 1) done."""

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from musicgen_api import metrics
 from musicgen_api.errors import Busy, GenerationFailed
-from musicgen_api.generation import GenerationCancelled, GenerationParams, JobControl, RenderedAudio
+from musicgen_api.generation import AudioChunk, GenerationCancelled, GenerationParams, JobControl, RenderedAudio
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,12 @@ class Failed:
     message: str
 
 
-Event = Progress | Completed | Failed
+Event = Progress | AudioChunk | Completed | Failed  # AudioChunks only for stream_audio requests
+
+
+def is_final(event: Event) -> bool:
+    """Whether `event` ends its stream (exactly one Completed or Failed does)."""
+    return isinstance(event, Completed | Failed)
 
 
 class JobStream(Protocol):
@@ -98,12 +103,16 @@ class Job:
             self._percent = percent
             self.emit(Progress(percent))
 
+    def audio(self, chunk: AudioChunk) -> None:
+        """The next stretch of a stream_audio request's audio (called from the worker)."""
+        self.emit(chunk)
+
     async def events(self) -> AsyncIterator[Event]:
-        """Progress events, then exactly one Completed or Failed."""
+        """Progress (and audio) events, then exactly one Completed or Failed."""
         while True:
             event = await self._queue.get()
             yield event
-            if not isinstance(event, Progress):
+            if is_final(event):
                 return
 
 

@@ -34,6 +34,7 @@ class MusicRequest(BaseModel):
     audio_prompt: str | None = Field(None, description="Base64 audio file (WAV, FLAC, MP3, OGG) to continue.")
     return_prompt: bool = Field(True, description="With audio_prompt: include the prompt in the returned audio.")
     melody: str | None = Field(None, description="Base64 audio whose melody conditions the piece (melody models).")
+    stream_audio: bool = Field(False, description="Also stream the audio as it is made, in 'audio' events.")
 
 
 FIELD_RULES = {
@@ -50,6 +51,7 @@ FIELD_RULES = {
     "audio_prompt": "a base64-encoded WAV, FLAC, MP3 or OGG file",
     "return_prompt": "true or false",
     "melody": "a base64-encoded WAV, FLAC, MP3 or OGG file",
+    "stream_audio": "true or false",
 }
 
 
@@ -123,6 +125,7 @@ def parse_music_request(body: bytes, max_duration: int, max_description_chars: i
         audio_prompt=_base64("audio_prompt", request.audio_prompt),
         return_prompt=request.return_prompt,
         melody=_base64("melody", request.melody),
+        stream_audio=request.stream_audio,
     )
 
 

@@ -14,6 +14,7 @@ import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Send
 
+from musicgen_api.generation import AudioChunk
 from musicgen_api.service import Completed, Failed, JobStream, Progress
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,17 @@ async def job_stream(job: JobStream) -> AsyncIterator[bytes]:
         match event:
             case Progress(percent=percent):
                 yield frame({"status": "generating", "progress": percent})
+            case AudioChunk():
+                yield frame(
+                    {
+                        "status": "audio",
+                        "audio_chunk": base64.b64encode(event.pcm).decode("ascii"),
+                        "offset": event.offset,
+                        "duration": event.duration,
+                        "sample_rate": event.sample_rate,
+                        "channels": event.channels,
+                    }
+                )
             case Completed(audio=audio):
                 yield frame(
                     {

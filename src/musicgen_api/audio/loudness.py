@@ -32,6 +32,15 @@ def limit(waveform: torch.Tensor) -> torch.Tensor:
     return torch.where(magnitude > KNEE, waveform.sign() * squashed, waveform)
 
 
+def preview(waveform: torch.Tensor, mode: Normalization) -> torch.Tensor:
+    """The levels of audio streamed while the piece is made, before its whole is known: `none` and `clip` are
+    per-sample, so the preview is levelled exactly as the final file; `loudness`, `peak` and `rms` scale by a
+    gain measured on the whole piece, so the preview keeps the model's own levels through the same limiter (the
+    final file is the same audio times that one gain, then limited)."""
+    waveform = waveform.float()
+    return normalize(waveform, 0, mode) if mode in ("none", "clip") else limit(waveform)
+
+
 def integrated_loudness(waveform: torch.Tensor, sample_rate: int) -> float:
     """BS.1770 integrated loudness in LUFS (-inf for silence or clips shorter than one 400 ms block)."""
     if waveform.shape[-1] < 0.4 * sample_rate:

@@ -9,6 +9,9 @@ the weights' values. Each run prints one JSON line: text in, WAV bytes out, wall
 """
 
 import argparse
+import dataclasses
+import functools
+import io
 import json
 import statistics
 import sys
@@ -16,18 +19,21 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import soundfile
 import torch
 from torch import Tensor
 
 from musicgen_api.audio.codec import EncodecCodec
 from musicgen_api.audio.mbd import MultiBandDiffusion, unet_dtype
 from musicgen_api.audio.wav import to_wav_bytes
+from musicgen_api.bench import fidelity
 from musicgen_api.bench.random_model import build_random_codec, build_random_mbd, build_random_musicgen, build_tokenizer
+from musicgen_api.config import DType, Quantize
 from musicgen_api.engine.conditioning import TextConditioner
 from musicgen_api.engine.delay import sequence_length
 from musicgen_api.engine.fast import FastEngine
-from musicgen_api.engine.loading import MusicgenBundle, resolve_device, resolve_dtype
-from musicgen_api.generation import GenerationParams, Unwatched
+from musicgen_api.engine.loading import MusicgenBundle, resolve_decoder_dtype, resolve_device, resolve_dtype
+from musicgen_api.generation import AudioChunk, GenerationParams, Unwatched
 from musicgen_api.pipeline import MusicPipeline
 
 PROMPT = "80s pop track with bassy drums and synth"
@@ -72,6 +78,13 @@ def reference_run(bundle: MusicgenBundle, duration: int) -> tuple[float, int]:
     return timed(bundle.device, run)[0], steps
 
 
+def memory_gib() -> dict[str, float]:
+    """This process's resident memory now and its high-water mark so far (Linux), in GiB."""
+    fields = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+    kib = {name: float(fields[name].split()[0]) for name in ("VmRSS", "VmHWM") if name in fields}
+    return {"rss_gib": kib.get("VmRSS", 0.0) / 2**20, "peak_rss_gib": kib.get("VmHWM", 0.0) / 2**20}
+
+
 def profile_step(engine: FastEngine, steps: int = 20) -> dict[str, Any]:
     """GPU time per decode step by kernel (the step run outside its graph, so each kernel is visible)."""
     engine.generate(GenerationParams(PROMPT, 1), Unwatched())  # a realistic state to step from
@@ -95,10 +108,13 @@ def fast_runs(
     duration: int,
     compile_step: bool,
     runs: int,
+    quantize: Quantize = "none",
     profile_steps: bool = False,
 ) -> dict[str, Any]:
     device = bundle.device
-    startup, engine = timed(device, lambda: FastEngine(bundle, conditioner, duration, compile_step=compile_step))
+    startup, engine = timed(
+        device, lambda: FastEngine(bundle, conditioner, duration, compile_step=compile_step, quantize=quantize)
+    )
     pipeline = MusicPipeline(bundle, engine, conditioner)
     params = GenerationParams(PROMPT, duration)
     ignore = Unwatched()
@@ -109,37 +125,57 @@ def fast_runs(
     walls = [timed(device, lambda: pipeline.render(params, ignore))[0] for _ in range(runs)]
     transient = (torch.cuda.max_memory_allocated() - before) if device.type == "cuda" else 0
     text_s, _ = timed(device, lambda: conditioner.encode(PROMPT))
-    tokens_s, codes = timed(device, lambda: engine.generate(params, ignore))
+    codes = torch.randint(0, engine.decoder.args.codebook_size, (engine.num_codebooks, params.frames), device=device)
     codec_s, _ = timed(device, lambda: pipeline.codec.decode(codes))
     model = bundle.model
-    weights = tensor_bytes(engine.decoder.parameters())
+    weights = tensor_bytes(engine.decoder.parameters()) + tensor_bytes(engine.decoder.buffers())
     weights += tensor_bytes(model.text_encoder.parameters()) + tensor_bytes(model.audio_encoder.parameters())
-    kv = tensor_bytes(engine.decoder.buffers()) + tensor_bytes(t for pair in engine.cross for t in pair)
+    kv = sum(tensor_bytes((layer.cache.k, layer.cache.v)) for layer in engine.decoder.layers if layer.cache)
+    kv += tensor_bytes(t for pair in engine.cross for t in pair)
     profile = profile_step(engine) if profile_steps and device.type == "cuda" else None
+    wall = statistics.median(walls)
     return {
         "profile": profile,
+        "decoder_dtype": str(engine.dtype).removeprefix("torch."),
+        "attention_dtype": str(engine.attention_dtype).removeprefix("torch."),
+        "quantize": quantize,
+        "graphs": len(engine.graphs),
         "startup_s": startup,
         "first_request_s": first,
-        "wall_s": statistics.median(walls),
+        "wall_s": wall,
         "wall_min_s": min(walls),
-        "tokens_s": tokens_s,
+        "tokens_s": wall - text_s - codec_s,  # the decode steps: the rest of the request
         "text_encode_s": text_s,
         "codec_decode_s": codec_s,
         "weights_gib": weights / GIB,
         "kv_gib": kv / GIB,
         "peak_gpu_gib": (weights + kv + transient) / GIB if device.type == "cuda" else None,
         "peak_over_weights_kv": (weights + kv + transient) / (weights + kv) if device.type == "cuda" else None,
+        **memory_gib(),
     }
+
+
+# name: (compile the step, quantize, dtype override); CUDA: graph, compiled; CPU: eager, float32, int8
+VARIANTS: dict[str, tuple[bool, Quantize, DType | None]] = {
+    "graph": (False, "none", None),
+    "compiled": (True, "none", None),
+    "eager": (False, "none", None),
+    "float32": (False, "none", "float32"),
+    "int8": (False, "int8", None),
+}
 
 
 def bench_model(name: str, args: argparse.Namespace, out: Any) -> None:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
 
-    def random_bundle() -> MusicgenBundle:
+    def random_bundle(dtype_name: DType = args.dtype) -> MusicgenBundle:
         """A fresh model for each backend: a FastEngine takes the decoder's weights out of its bundle."""
         model = build_random_musicgen(name, device=str(device), dtype=dtype)
-        return MusicgenBundle(model=model, tokenizer=build_tokenizer(), device=device, dtype=dtype)
+        decoder_dtype = resolve_decoder_dtype(dtype_name, device)
+        return MusicgenBundle(
+            model=model, tokenizer=build_tokenizer(), device=device, dtype=dtype, decoder_dtype=decoder_dtype
+        )
 
     build_s, bundle = timed(device, random_bundle)
     conditioner = TextConditioner(bundle, max_tokens=args.text_tokens)
@@ -150,30 +186,34 @@ def bench_model(name: str, args: argparse.Namespace, out: Any) -> None:
     reference_ms_per_step = None
     reference_wall = None
     if args.reference_duration > 0:
-        reference_run(bundle, 1)  # warm-up: CUDA context, kernels, allocator
+        # transformers' first pass over a sequence length pays one-time costs (kernels, allocator, caches sized to
+        # it): the cold figure is that pass, the warm one (the comparison) a second pass of the same length.
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        wall, ref_steps = reference_run(bundle, args.reference_duration)
+        cold, ref_steps = reference_run(bundle, args.reference_duration)
+        wall, _ = reference_run(bundle, args.reference_duration)
         reference_ms_per_step = 1000 * wall / ref_steps
         reference_wall = wall if args.reference_duration == args.duration else None
         emit({**base, "backend": "transformers", "audio_seconds": args.reference_duration, "steps": ref_steps,
-              "wall_s": wall, "ms_per_step": reference_ms_per_step, "x_realtime": args.reference_duration / wall,
+              "wall_s": wall, "cold_wall_s": cold, "ms_per_step": reference_ms_per_step,
+              "x_realtime": args.reference_duration / wall,
               "peak_gpu_gib": torch.cuda.max_memory_allocated() / GIB if device.type == "cuda" else None,
-              "model_build_s": build_s}, out)  # fmt: skip
+              "model_build_s": build_s, **memory_gib()}, out)  # fmt: skip
 
-    variants = (args.variants or ["graph", "compiled"]) if device.type == "cuda" else ["eager"]
+    variants = args.variants or (["graph", "compiled"] if device.type == "cuda" else ["eager", "int8"])
     for variant in variants:
+        compile_step, quantize, dtype_override = VARIANTS[variant]
         if time.perf_counter() - START > args.budget_s:
             emit({**base, "backend": f"fast-{variant}", "skipped": "time budget spent"}, out)
             continue
-        if not bundle.has_decoder:
+        if not bundle.has_decoder or dtype_override:
             del bundle, conditioner
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            bundle = random_bundle()
+            bundle = random_bundle(dtype_override or args.dtype)
             conditioner = TextConditioner(bundle, max_tokens=args.text_tokens)
         try:
-            figures = fast_runs(bundle, conditioner, args.duration, variant == "compiled", args.runs, args.profile)
+            figures = fast_runs(bundle, conditioner, args.duration, compile_step, args.runs, quantize, args.profile)
         except Exception as exc:  # report and go on: one failing variant must not lose the others' figures
             emit({**base, "backend": f"fast-{variant}", "error": f"{type(exc).__name__}: {exc}"[:500]}, out)
             continue
@@ -186,6 +226,95 @@ def bench_model(name: str, args: argparse.Namespace, out: Any) -> None:
     del bundle, conditioner
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def bench_fidelity(name: str, args: argparse.Namespace, out: Any) -> None:
+    """bfloat16 and int8 decoders against float32 on one model's random weights (see `bench.fidelity`)."""
+    device = resolve_device(args.device)
+    seconds = min(args.duration, 10)
+    params = GenerationParams(PROMPT, seconds, seed=0)
+    variants: list[tuple[str, torch.dtype, Quantize]] = [
+        ("float32", torch.float32, "none"),
+        ("bfloat16", torch.bfloat16, "none"),
+        ("int8", torch.bfloat16 if device.type == "cpu" else torch.float16, "int8"),
+    ]
+    if device.type == "cuda":
+        variants.insert(1, ("float16", torch.float16, "none"))
+    reference: Tensor | None = None
+    sequence: Tensor | None = None
+    for variant, decoder_dtype, quantize in variants:
+        model = build_random_musicgen(name, device=str(device), dtype=torch.float32, seed=0)
+        bundle = MusicgenBundle(model=model, tokenizer=build_tokenizer(), device=device, dtype=torch.float32,
+                                decoder_dtype=decoder_dtype)  # fmt: skip
+        engine = FastEngine(bundle, TextConditioner(bundle, args.text_tokens), seconds, quantize=quantize)
+        if sequence is None:
+            sequence = fidelity.reference_sequence(engine, params)
+        log_probs = fidelity.next_token_log_probs(engine, params, sequence)
+        record = {"model": name, "device": str(device), "backend": "fidelity", "variant": variant,
+                  "audio_seconds": seconds, "decoder_dtype": str(engine.dtype).removeprefix("torch."),
+                  "attention_dtype": str(engine.attention_dtype).removeprefix("torch."),
+                  "quantize": quantize}  # fmt: skip
+        if reference is None:
+            reference = log_probs
+            codec = EncodecCodec(bundle.codec, bundle.audio_channels)
+            record.update(fidelity.codec_fidelity(codec, bundle.num_codebooks, params.frames))
+        else:
+            record.update(fidelity.compare(reference, log_probs, params, bundle.audio_channels))
+        emit(record, out)
+        del engine, bundle, model
+
+
+class _FirstAudio(Unwatched):
+    """Notes when the first audio chunk arrives and keeps every chunk."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.first: float | None = None
+        self.chunks: list[AudioChunk] = []
+
+    def audio(self, chunk: AudioChunk) -> None:
+        if self.first is None:
+            self.first = time.perf_counter() - self.started
+        self.chunks.append(chunk)
+
+
+def bench_stream(name: str, args: argparse.Namespace, out: Any) -> None:
+    """`stream_audio`: time to first audio, what the chunk decodes add, and how the joined chunks compare with the
+    finished piece (levels left alone) on this model's codec."""
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    model = build_random_musicgen(name, device=str(device), dtype=dtype)
+    bundle = MusicgenBundle(model=model, tokenizer=build_tokenizer(), device=device, dtype=dtype,
+                            decoder_dtype=resolve_decoder_dtype(args.dtype, device))  # fmt: skip
+    conditioner = TextConditioner(bundle, max_tokens=args.text_tokens)
+    engine = FastEngine(bundle, conditioner, min(args.duration, 30), compile_step=device.type == "cuda")
+    pipeline = MusicPipeline(bundle, engine, conditioner)
+    plain = GenerationParams(PROMPT, args.duration, seed=0, normalization="none")
+    streamed = dataclasses.replace(plain, stream_audio=True)
+    pipeline.render(streamed, Unwatched())  # warm-up: every length the chunks and the piece decode
+    walls, stream_walls, firsts = [], [], []
+    for _ in range(max(1, args.runs)):
+        walls.append(timed(device, lambda: pipeline.render(plain, Unwatched()))[0])
+        job = _FirstAudio()
+        wall, done = timed(device, functools.partial(pipeline.render, streamed, job))
+        stream_walls.append(wall)
+        firsts.append(job.first)
+    final = torch.from_numpy(soundfile.read(io.BytesIO(done.data), dtype="float64", always_2d=True)[0])
+    joined = torch.cat([torch.frombuffer(bytearray(c.pcm), dtype=torch.int16) for c in job.chunks]).double() / 32767
+    final = final.flatten()
+    jumps = joined.diff().abs()
+    edges = torch.tensor([round(c.offset * bundle.sampling_rate) * bundle.audio_channels for c in job.chunks[1:]])
+    elsewhere = jumps.clone()
+    elsewhere[edges - 1] = 0
+    wall, stream_wall = statistics.median(walls), statistics.median(stream_walls)
+    emit({"model": name, "device": str(device), "backend": "fast-stream", "audio_seconds": args.duration,
+          "wall_s": wall, "stream_wall_s": stream_wall, "stream_overhead": stream_wall / wall - 1,
+          "first_audio_s": statistics.median(f for f in firsts if f is not None), "chunks": len(job.chunks),
+          "correlation": float(torch.corrcoef(torch.stack([joined, final]))[0, 1]),
+          "max_abs_error": float((joined - final).abs().max()), "peak": float(final.abs().max()),
+          "max_jump_at_chunk_edges": float(jumps[edges - 1].max()) if len(edges) else None,
+          "max_jump_elsewhere": float(elsewhere.max()), "max_jump_in_final": float(final.diff().abs().max())},
+         out)  # fmt: skip
 
 
 def bench_mbd(args: argparse.Namespace, out: Any) -> None:
@@ -242,19 +371,24 @@ def main() -> None:
     parser.add_argument("--reference-duration", type=int, default=None,
                         help="seconds for the transformers run (default: --duration; 0 skips it)")  # fmt: skip
     parser.add_argument("--runs", type=int, default=3, help="timed fast-engine runs after the first request")
-    parser.add_argument("--variants", nargs="*", choices=["graph", "compiled"], help="CUDA fast-engine variants")
+    parser.add_argument("--variants", nargs="*", choices=list(VARIANTS),
+                        help="fast-engine variants (default: graph compiled on CUDA, eager int8 on CPU)")  # fmt: skip
     parser.add_argument("--text-tokens", type=int, default=512, help="text-conditioning capacity, as the server's")
     parser.add_argument("--profile", action="store_true", help="add a per-kernel GPU profile of one decode step")
     parser.add_argument("--budget-s", type=float, default=float("inf"), help="start no new variant after this")
     parser.add_argument("--mbd", action="store_true", help="also time MultiBand Diffusion on --duration seconds")
     parser.add_argument("--mbd-hidden", type=int, default=48, help="MBD U-Net width (48 is the published shape)")
     parser.add_argument("--mbd-codec", default="small", help="codec shape the MBD is conditioned on (tiny on CPU)")
+    parser.add_argument("--stream", action="store_true",
+                        help="instead, time stream_audio: first audio, its cost, chunks against file")  # fmt: skip
+    parser.add_argument("--fidelity", action="store_true",
+                        help="instead of timing, compare the bfloat16 and int8 decoders with float32")  # fmt: skip
     parser.add_argument("--out", type=argparse.FileType("a"), help="also append the JSON lines to this file")
     args = parser.parse_args()
     if args.reference_duration is None:
         args.reference_duration = args.duration
     for name in args.models:
-        bench_model(name, args, args.out)
+        (bench_fidelity if args.fidelity else bench_stream if args.stream else bench_model)(name, args, args.out)
     if args.mbd:
         bench_mbd(args, args.out)
     sys.exit(0)

@@ -24,7 +24,7 @@ from musicgen_api.cluster.messages import INGRESS_NAME, Accepted, Refused
 from musicgen_api.config import Settings
 from musicgen_api.errors import Busy, InvalidRequest
 from musicgen_api.generation import GenerationParams
-from musicgen_api.service import Event, Failed, Progress
+from musicgen_api.service import Event, Failed, is_final
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class RemoteJob:
                     yield Failed(self._stop_reason)
                     return
                 event = item.result()
-                last = not isinstance(event, Progress)
+                last = is_final(event)
                 if last:  # sent once the replica's slot is free again
                     self._board.report(self.worker, self._phase + 1)
                 yield event

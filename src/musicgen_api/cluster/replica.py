@@ -19,7 +19,7 @@ from musicgen_api.config import Settings
 from musicgen_api.errors import Busy, InvalidRequest
 from musicgen_api.generation import GenerationParams
 from musicgen_api.pipeline import build_pipeline
-from musicgen_api.service import Event, GenerationService, JobStream, Progress
+from musicgen_api.service import Event, GenerationService, JobStream, is_final
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ async def _until_stopped(job: JobStream) -> None:
 
     async def drain() -> None:
         async for event in job.events():
-            if not isinstance(event, Progress):
+            if is_final(event):
                 return
 
     stopped = asyncio.ensure_future(drain())

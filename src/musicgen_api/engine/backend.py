@@ -24,4 +24,5 @@ class CodeGenerator(Protocol):
         self, params: GenerationParams, progress: Progress, prompt: Tensor | None = None, frames: int | None = None
     ) -> Tensor:
         """Codes [K, frames] (default: the request's duration) for one window, starting with `prompt` [K, P] when
-        given. Calls `progress.advance` as decode steps finish and `progress.stop_if_cancelled` between them."""
+        given. Calls `progress.advance` as decode steps finish, `progress.frames_ready` as frames settle and
+        `progress.stop_if_cancelled` between them."""

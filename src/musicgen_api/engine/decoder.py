@@ -76,8 +76,8 @@ class KVCache(nn.Module):
         self.v.zero_()
 
     def update(self, pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        self.k.index_copy_(2, pos, k)
-        self.v.index_copy_(2, pos, v)
+        self.k.index_copy_(2, pos, k.to(self.k.dtype))
+        self.v.index_copy_(2, pos, v.to(self.v.dtype))
         return self.k, self.v
 
 
@@ -123,11 +123,12 @@ class DecoderLayer(nn.Module):
         q, k, v = self.self_qkv(self.self_attn_norm(x)).chunk(3, dim=-1)
         keys, values = self.cache.update(pos, self.heads(k), self.heads(v))
         keys, values = keys[:, :, :kv_len], values[:, :, :kv_len]  # [B, H, kv_len, D]: the positions that exist
-        h = F.scaled_dot_product_attention(self.heads(q), keys, values, attn_mask=self_mask)
-        x = x + self.self_out(self.merge(h))
-        q = self.heads(self.cross_q(self.cross_attn_norm(x)))
+        q = self.heads(q).to(keys.dtype)  # attention runs in the cache's precision (see setup_cache)
+        h = F.scaled_dot_product_attention(q, keys, values, attn_mask=self_mask)
+        x = x + self.self_out(self.merge(h).to(x.dtype))
+        q = self.heads(self.cross_q(self.cross_attn_norm(x))).to(cross_k.dtype)
         h = F.scaled_dot_product_attention(q, cross_k, cross_v, attn_mask=cross_mask)
-        x = x + self.cross_out(self.merge(h))
+        x = x + self.cross_out(self.merge(h).to(x.dtype))
         return x + self.fc2(F.gelu(self.fc1(self.ffn_norm(x))))
 
 
@@ -146,13 +147,16 @@ class MusicgenDecoder(nn.Module):
         self.heads = nn.Linear(a.dim, a.num_codebooks * a.codebook_size, bias=False)  # all codebooks' heads
         self.causal: Tensor | None = None
 
-    def setup_cache(self, batch: int, length: int) -> None:
-        """Allocate the KV cache and causal mask for `batch` streams of up to `length` positions."""
+    def setup_cache(self, batch: int, length: int, dtype: torch.dtype | None = None) -> None:
+        """Allocate the KV cache and causal mask for `batch` streams of up to `length` positions. `dtype` is the
+        attention's precision (default: the weights'); keys, values and queries are cast to it. On a CPU without
+        native bfloat16, bfloat16 attention over a one-token query is several times slower than float32 while the
+        bfloat16 matrix products are still faster, so there the cache stays float32 beside bfloat16 weights."""
         a, p = self.args, self.embed
         if length > a.max_positions:
             raise ValueError(f"{length} positions exceed the decoder's {a.max_positions}")
         for layer in self.layers:
-            layer.cache = KVCache(batch, a.n_head, length, a.head_dim, p.dtype).to(p.device)
+            layer.cache = KVCache(batch, a.n_head, length, a.head_dim, dtype or p.dtype).to(p.device)
         self.causal = torch.tril(torch.ones(length, length, dtype=torch.bool, device=p.device))
 
     def reset_cache(self) -> None:

@@ -18,6 +18,12 @@ def sequence_length(frames: int, num_codebooks: int, audio_channels: int) -> int
     return frames + num_codebooks // audio_channels
 
 
+def complete_frames(last_position: int, frames: int, num_codebooks: int, audio_channels: int) -> int:
+    """How many leading frames (of `frames`) hold all their codebooks once positions 0 … `last_position` are written:
+    frame n's last codebook sits at position n + K_ch."""
+    return max(0, min(frames, last_position - (num_codebooks // audio_channels - 1)))
+
+
 def valid_positions(frames: int, length: int, num_codebooks: int, audio_channels: int) -> Tensor:
     """[K, length] bool: where codebook k holds a real token (elsewhere the BOS/pad id)."""
     delays = codebook_delays(num_codebooks, audio_channels)[:, None]

@@ -22,8 +22,14 @@ from musicgen_api.config import Quantize
 from musicgen_api.engine.backend import BackendName
 from musicgen_api.engine.conditioning import TextConditioner
 from musicgen_api.engine.decoder import MusicgenDecoder
-from musicgen_api.engine.delay import delayed_positions, sequence_length, undelay, valid_positions
-from musicgen_api.engine.loading import MusicgenBundle
+from musicgen_api.engine.delay import (
+    complete_frames,
+    delayed_positions,
+    sequence_length,
+    undelay,
+    valid_positions,
+)
+from musicgen_api.engine.loading import MusicgenBundle, resolve_attention_dtype
 from musicgen_api.engine.quantize import quantize_int8
 from musicgen_api.engine.sampling import sample_next
 from musicgen_api.generation import FRAME_RATE, GenerationParams, Progress, to_frames
@@ -93,7 +99,8 @@ class FastEngine:
         self.decoder = MusicgenDecoder.from_transformers(bundle.take_decoder(), config).to(dtype)
         if quantize == "int8":
             quantize_int8(self.decoder)
-        self.decoder.setup_cache(batch=2, length=self.length)  # row 0 conditional, row 1 unconditional (CFG)
+        self.attention_dtype = resolve_attention_dtype(dtype, device)
+        self.decoder.setup_cache(2, self.length, self.attention_dtype)  # row 0 conditional, row 1 unconditional (CFG)
         self.buckets = Buckets() if buckets is None and device.type == "cuda" else buckets
         n_head, head_dim, text_len = (
             config.num_attention_heads,
@@ -101,8 +108,8 @@ class FastEngine:
             conditioner.max_tokens,
         )
         self.cross = [
-            (torch.zeros(2, n_head, text_len, head_dim, device=device, dtype=dtype),
-             torch.zeros(2, n_head, text_len, head_dim, device=device, dtype=dtype))
+            (torch.zeros(2, n_head, text_len, head_dim, device=device, dtype=self.attention_dtype),
+             torch.zeros(2, n_head, text_len, head_dim, device=device, dtype=self.attention_dtype))
             for _ in range(config.num_hidden_layers)
         ]  # fmt: skip
         self.cross_mask = torch.zeros(2, 1, 1, text_len, dtype=torch.bool, device=device)
@@ -205,8 +212,7 @@ class FastEngine:
         s = hidden.shape[1]
         limit = self.conditioner.max_tokens
         self.text_len = s if self.buckets is None else bucket(s, self.buckets.text, limit)
-        dtype = self.cross[0][0].dtype
-        text = torch.zeros(2, self.text_len, hidden.shape[-1], device=hidden.device, dtype=dtype)
+        text = torch.zeros(2, self.text_len, hidden.shape[-1], device=hidden.device, dtype=self.dtype)
         text[0, :s] = hidden[0]  # the unconditional stream sees zeros, as in MusicGen's CFG
         for (k_buf, v_buf), (k, v) in zip(self.cross, self.decoder.cross_keys_values(text), strict=True):
             k_buf[:, :, : self.text_len].copy_(k)
@@ -241,20 +247,28 @@ class FastEngine:
             raise ValueError(f"{frames} frames are longer than this engine's window of {self.max_frames}")
         first = self._prepare(params, frames, prompt)
         steps = sequence_length(frames, self.num_codebooks, self.channels) - 1 - first
+        self._settled(progress, first, frames, first)  # the prompt's frames
         if not self.graphs:
             for t in range(steps):
                 self.step(self.attended(first + t), self.text_len)
                 progress.advance(1)
+                self._settled(progress, first + t + 1, frames, first)
                 progress.stop_if_cancelled()
         else:
-            self._replay(first, steps, progress)
+            self._replay(first, steps, frames, progress)
         return undelay(self.sequence[0], frames, self.channels)
 
-    def _replay(self, first: int, steps: int, progress: Progress) -> None:
+    def _settled(self, progress: Progress, last_position: int, frames: int, given: int) -> None:
+        """Tell `progress` which frames are final once the sequence is written up to `last_position` (the `given`
+        prompt frames are, whole, from the start)."""
+        complete = max(given, complete_frames(last_position, frames, self.num_codebooks, self.channels))
+        progress.frames_ready(complete, lambda start: undelay(self.sequence[0], complete, self.channels)[:, start:])
+
+    def _replay(self, first: int, steps: int, frames: int, progress: Progress) -> None:
         """Keep one chunk of steps queued on the GPU while reporting the chunk before it; the host counts positions
         itself, so choosing each step's graph never waits on the GPU."""
         in_flight: deque[tuple[torch.cuda.Event, int]] = deque()
-        chunk = 0
+        chunk, done = 0, 0
         for t in range(steps):
             self.graphs[self.attended(first + t), self.text_len].replay()
             chunk += 1
@@ -267,9 +281,13 @@ class FastEngine:
             if len(in_flight) > 1:
                 event, finished = in_flight.popleft()
                 event.synchronize()
+                done += finished
                 progress.advance(finished)
+                self._settled(progress, first + done, frames, first)
                 progress.stop_if_cancelled()
         for event, finished in in_flight:
             event.synchronize()
+            done += finished
             progress.advance(finished)
+            self._settled(progress, first + done, frames, first)
             progress.stop_if_cancelled()

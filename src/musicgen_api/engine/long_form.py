@@ -10,7 +10,7 @@ from torch import Tensor
 
 from musicgen_api.engine.backend import CodeGenerator
 from musicgen_api.engine.delay import sequence_length
-from musicgen_api.generation import GenerationParams, Progress
+from musicgen_api.generation import GenerationParams, Progress, ReadFrames
 
 
 def plan_windows(total: int, prompt: int, window: int, stride: int) -> list[tuple[int, int]]:
@@ -36,6 +36,24 @@ def total_steps(total: int, prompt: int, window: int, stride: int, num_codebooks
     return sum(window_steps(new, num_codebooks, channels) for _, new in windows)
 
 
+class _Window:
+    """One window's `Progress` inside the whole piece's: its frames are counted from the start of the piece."""
+
+    def __init__(self, piece: Progress, start: int) -> None:
+        self.piece, self.start = piece, start  # the piece frame this window's frame 0 is
+
+    def advance(self, steps: int) -> None:
+        self.piece.advance(steps)
+
+    def stop_if_cancelled(self) -> None:
+        self.piece.stop_if_cancelled()
+
+    def frames_ready(self, complete: int, read: ReadFrames) -> None:
+        # The piece's listener has read every frame before this window's new ones (the last window ended with all
+        # of its frames), so it only ever reads from inside this window.
+        self.piece.frames_ready(self.start + complete, lambda start: read(start - self.start))
+
+
 def generate_long(
     engine: CodeGenerator,
     params: GenerationParams,
@@ -46,10 +64,11 @@ def generate_long(
     prompt: Tensor | None = None,
 ) -> Tensor:
     """Codes [K, total_frames], starting with `prompt` [K, P] when given; every window counts its steps into the same
-    `progress`, whose total is `total_steps`."""
+    `progress`, whose total is `total_steps`, and reports settled frames counted from the start of the piece."""
     codes = prompt if prompt is not None else torch.empty(engine.num_codebooks, 0, dtype=torch.long)
     for keep, new in plan_windows(total_frames, codes.shape[1], window, stride):
         context = codes[:, codes.shape[1] - keep :] if keep else None
-        out = engine.generate(params, progress, prompt=context, frames=keep + new)
+        in_piece = _Window(progress, codes.shape[1] - keep)
+        out = engine.generate(params, in_piece, prompt=context, frames=keep + new)
         codes = torch.cat([codes.to(out.device), out[:, keep:]], dim=1)
     return codes

@@ -14,7 +14,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from musicgen_api.config import Quantize
 from musicgen_api.engine.backend import BackendName
 from musicgen_api.engine.conditioning import TextConditioner
-from musicgen_api.engine.delay import sequence_length, undelay
+from musicgen_api.engine.delay import complete_frames, sequence_length, undelay
 from musicgen_api.engine.loading import MusicgenBundle
 from musicgen_api.generation import GenerationParams, Progress
 
@@ -25,13 +25,15 @@ class _StepWatcher(StoppingCriteria):
     (MusicGen's `generate` in transformers 5.x does not forward its `streamer` argument, so a stopping criterion,
     which is called after every step, is the hook.)"""
 
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
+    def __init__(self, progress: Progress, frames: int, channels: int) -> None:
+        self.progress, self.frames, self.channels = progress, frames, channels
         self.sequence: Tensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
-        self.sequence = input_ids
+        self.sequence = sequence = input_ids
         self.progress.advance(1)
+        complete = complete_frames(sequence.shape[1] - 1, self.frames, sequence.shape[0], self.channels)
+        self.progress.frames_ready(complete, lambda start: undelay(sequence, complete, self.channels)[:, start:])
         self.progress.stop_if_cancelled()
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
@@ -56,7 +58,7 @@ class TransformersEngine:
         frames = params.frames if frames is None else frames
         channels = self.bundle.audio_channels
         steps = sequence_length(frames, self.bundle.num_codebooks, channels) - 1
-        watcher = _StepWatcher(progress)
+        watcher = _StepWatcher(progress, frames, channels)
         nucleus = params.top_p > 0
         self.bundle.model.generate(
             **self.conditioning(params),

@@ -159,18 +159,30 @@ function clipOf(event, text) {
   };
 }
 
+/** An audio event as {pcm: Uint8Array, offset, duration, sampleRate, channels}. */
+function chunkOf(event) {
+  return {
+    pcm: decodeBase64(event.audio_chunk),
+    offset: event.offset,
+    duration: event.duration,
+    sampleRate: event.sample_rate,
+    channels: event.channels,
+  };
+}
+
 /**
- * Run one generation: resolves with the clip (see clipOf), calls onProgress(percent) on the way.
+ * Run one generation: resolves with the clip (see clipOf), calls onProgress(percent) on the way. With `onAudio`,
+ * asks for the audio as it is made (`stream_audio`) and calls onAudio(chunk) with each piece (see chunkOf).
  * Aborting `signal` closes the connection, which stops the generation on the server; the promise then rejects
  * with the AbortError.
  */
-export async function generate(params, { signal, onProgress }) {
+export async function generate(params, { signal, onProgress, onAudio = null }) {
   let response;
   try {
     response = await fetch("api/music", {
       method: "POST",
       headers: authorized({ "Content-Type": "application/json", Accept: "text/event-stream" }),
-      body: requestBody(params),
+      body: requestBody(onAudio ? { ...params, stream_audio: true } : params),
       signal,
     });
   } catch (error) {
@@ -183,6 +195,7 @@ export async function generate(params, { signal, onProgress }) {
       const event = JSON.parse(text);
       if ("error" in event) throw new Failed(event.error);
       if (event.status === "generating") onProgress(event.progress);
+      if (event.status === "audio" && onAudio) onAudio(chunkOf(event));
       if (event.status === "completed") return clipOf(event, text);
     }
   } catch (error) {

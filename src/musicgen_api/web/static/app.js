@@ -6,6 +6,7 @@ import {
   Failed, NeedsKey, Refused, Unreachable, apiKey, fetchHealth, fetchLimits, forgetApiKey, generate, setApiKey,
 } from "./api.js";
 import { addClip, clearClips, deleteClip, listClips } from "./history.js";
+import { StreamPlayer } from "./stream.js";
 import { decodeAudio } from "./wav.js";
 import { Waveform } from "./waveform.js";
 
@@ -29,6 +30,8 @@ const SPEC_DEFAULT_DURATION = 30;
 const HEALTH_POLL_MS = { healthy: 5000, busy: 1000, offline: 3000 }; // watch closely while it is about to free up
 
 let running = null; // the AbortController of the generation in flight
+let live = null; // the StreamPlayer of the piece playing as it is made, until it ends or is stopped
+let liveTimer = null;
 let percentDone = 0; // of the generation in flight, for the time-left estimate
 let healthTimer = null;
 let shownUrl = null; // the object URL the player and the download link use
@@ -244,6 +247,30 @@ function showProgress(percent, text) {
   $("#progress-text").textContent = text;
 }
 
+/** Play the coming piece as it is made, where this browser has Web Audio; returns the chunk handler, or null. */
+function startLive(seconds) {
+  stopLive();
+  if (!window.AudioContext) return null;
+  live = new StreamPlayer();
+  const player = live;
+  liveTimer = setInterval(() => {
+    const played = player.played();
+    progress.dataset.playing = String(player.playing());
+    progress.querySelector(".played").style.width = `${Math.min(100, (100 * played) / seconds)}%`;
+    $("#live-note").hidden = running !== null || !player.playing();
+    if (running === null && !player.playing() && played > 0) stopLive(); // it has played to the end
+  }, 100);
+  return (chunk) => player.push(chunk);
+}
+
+function stopLive() {
+  clearInterval(liveTimer);
+  live?.stop();
+  live = null;
+  progress.dataset.playing = "false";
+  $("#live-note").hidden = true;
+}
+
 function setBadge(state) {
   const words = { healthy: "ready", busy: "busy", offline: "offline", generating: "generating…" };
   statusBadge.dataset.state = state;
@@ -286,6 +313,7 @@ async function run() {
   $("#progress-box").hidden = false;
   showProgress(null, "Waiting for the server…");
   setBadge("generating");
+  const onAudio = startLive(params.duration ?? SPEC_DEFAULT_DURATION);
   try {
     const signal = running.signal;
     const result = await withKey(() => {
@@ -293,6 +321,7 @@ async function run() {
       return generate(params, {
         signal,
         onProgress: (percent) => showProgress(percent, percent < 100 ? `Generating… ${percent}%` : "Finishing…"),
+        onAudio,
       });
     });
     const settings = { ...params };
@@ -311,6 +340,7 @@ async function run() {
     };
     showClip(await remember(clip), await samplesOf(result.bytes, clip));
   } catch (error) {
+    stopLive();
     explain(error);
   } finally {
     clearInterval(clock);
@@ -458,6 +488,7 @@ form.addEventListener("submit", (event) => {
   run();
 });
 cancelButton.addEventListener("click", () => running?.abort());
+player.addEventListener("play", stopLive); // the finished clip takes over from the live stream
 description.addEventListener("input", countChars);
 description.addEventListener("keydown", (event) => {
   if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
