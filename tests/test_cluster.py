@@ -2,6 +2,7 @@
 as a multi-machine cluster is), two tiny-model replicas on the CPU: the spec's meanings at cluster level."""
 
 import asyncio
+import base64
 import json
 import pathlib
 import signal
@@ -23,7 +24,7 @@ from musicgen_api.generation import GenerationParams, JobControl, RenderedAudio
 from musicgen_api.service import GenerationService
 from tests.conftest import OFFLINE_ENV, free_port
 from tests.pools import ask, ask_together, assert_full_pool_refuses, health, leave_mid_stream, wait_until
-from tests.test_api import decode_wav, run_spec_python_client
+from tests.test_api import decode_wav, run_spec_python_client, stream_events
 
 RAY = str(pathlib.Path(sys.executable).parent / "ray")
 REPLICAS, QUEUE = 2, 2  # the queue defaults to the replica count
@@ -229,6 +230,15 @@ def test_spec_python_client_through_the_cluster(cluster: Cluster, capsys: pytest
     assert out[0] == "{'status': 'healthy'}" and out[-1] == "progress: 100%"
     with decode_wav(scope["audio_b64"]) as w:
         assert (w.getframerate(), w.getsampwidth(), w.getnframes()) == (32000, 2, 30 * 32000)
+
+
+def test_audio_streams_through_the_cluster(cluster: Cluster) -> None:
+    events = stream_events(cluster.url, {"description": "relayed live", "duration": 3, "stream_audio": True})
+    chunks = [e for e in events if e.get("status") == "audio"]
+    assert chunks and chunks[0]["offset"] == 0
+    assert sum(c["duration"] for c in chunks) == pytest.approx(3.0)
+    assert sum(len(base64.b64decode(c["audio_chunk"])) for c in chunks) == 3 * 32000 * 2
+    assert events[-1]["status"] == "completed" and "generating" in {e.get("status") for e in events}
 
 
 def test_info_and_healthcheck_speak_for_the_cluster(cluster: Cluster) -> None:

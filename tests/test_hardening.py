@@ -133,8 +133,8 @@ def test_disconnect_storm_frees_the_slot_and_leaks_nothing(server: Server) -> No
     assert after[0] <= before[0] * 1.10 + (16 << 20), "resident memory grew"
 
 
-@pytest.mark.parametrize("reads", ["never", "a byte a second"])
-def test_client_that_does_not_keep_up_is_dropped(server: Server, reads: str) -> None:
+@pytest.mark.parametrize(("reads", "stream_audio"), [("never", False), ("a byte a second", False), ("never", True)])
+def test_client_that_does_not_keep_up_is_dropped(server: Server, reads: str, stream_audio: bool) -> None:
     port = int(server.url.rsplit(":", 1)[1])
     log_before = len(server.log())
     with socket.socket() as s:
@@ -142,7 +142,8 @@ def test_client_that_does_not_keep_up_is_dropped(server: Server, reads: str) -> 
         s.connect(("127.0.0.1", port))
         seconds = unswallowable_seconds(4096)
         assert seconds <= 120, f"this machine's socket buffers need a {seconds} s clip; raise the fixture's limit"
-        body = json.dumps({"description": "never read", "duration": seconds, "seed": 1}).encode()
+        request = {"description": "never read", "duration": seconds, "seed": 1, "stream_audio": stream_audio}
+        body = json.dumps(request).encode()
         s.sendall(b"POST /api/music HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                   + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)  # fmt: skip
         if reads == "a byte a second":

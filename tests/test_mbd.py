@@ -15,6 +15,7 @@ import time
 import wave
 from typing import Any
 
+import numpy as np
 import pytest
 import requests
 import torch
@@ -236,6 +237,23 @@ def test_mbd_on_a_long_piece_and_a_continuation_without_its_prompt(bfloat16_mono
             "return_prompt": False}  # fmt: skip
     with _mbd_wav(bfloat16_mono_server, body) as w:
         assert w.getnframes() == 2 * 32000
+
+
+def test_mbd_streams_the_encodec_preview_and_ends_with_mbds_file(bfloat16_mono_server: Server) -> None:
+    """With mbd and stream_audio the chunks are EnCodec's decode as the piece is made; the file is MBD's."""
+    body = {"description": "preview", "duration": 3, "seed": 3, "normalization": "none"}
+    streamed = stream_events(bfloat16_mono_server.url, {**body, "mbd": True, "stream_audio": True})
+    chunks = [e for e in streamed if e.get("status") == "audio"]
+    assert sum(c["duration"] for c in chunks) == pytest.approx(3.0) and chunks[0]["offset"] == 0
+    preview = np.concatenate([np.frombuffer(base64.b64decode(c["audio_chunk"]), "<i2") for c in chunks])
+    encodec = stream_events(bfloat16_mono_server.url, body)[-1]  # the same codes, decoded by EnCodec
+    mbd = streamed[-1]
+    samples = {}
+    for name, event in (("encodec", encodec), ("mbd", mbd)):
+        with wave.open(io.BytesIO(base64.b64decode(event["audio_data"]))) as w:
+            samples[name] = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    assert np.corrcoef(preview, samples["encodec"])[0, 1] > 0.999  # the preview is EnCodec's audio
+    assert not np.array_equal(samples["mbd"], samples["encodec"])  # the file is not
 
 
 def _mbd_state(server: Server) -> dict[str, Any]:
