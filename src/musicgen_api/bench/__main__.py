@@ -243,25 +243,29 @@ def bench_fidelity(name: str, args: argparse.Namespace, out: Any) -> None:
     reference: Tensor | None = None
     sequence: Tensor | None = None
     for variant, decoder_dtype, quantize in variants:
-        model = build_random_musicgen(name, device=str(device), dtype=torch.float32, seed=0)
-        bundle = MusicgenBundle(model=model, tokenizer=build_tokenizer(), device=device, dtype=torch.float32,
-                                decoder_dtype=decoder_dtype)  # fmt: skip
-        engine = FastEngine(bundle, TextConditioner(bundle, args.text_tokens), seconds, quantize=quantize)
-        if sequence is None:
-            sequence = fidelity.reference_sequence(engine, params)
-        log_probs = fidelity.next_token_log_probs(engine, params, sequence)
-        record = {"model": name, "device": str(device), "backend": "fidelity", "variant": variant,
-                  "audio_seconds": seconds, "decoder_dtype": str(engine.dtype).removeprefix("torch."),
-                  "attention_dtype": str(engine.attention_dtype).removeprefix("torch."),
-                  "quantize": quantize}  # fmt: skip
-        if reference is None:
-            reference = log_probs
-            codec = EncodecCodec(bundle.codec, bundle.audio_channels)
-            record.update(fidelity.codec_fidelity(codec, bundle.num_codebooks, params.frames))
-        else:
-            record.update(fidelity.compare(reference, log_probs, params, bundle.audio_channels))
+        record: dict[str, Any] = {"model": name, "device": str(device), "backend": "fidelity", "variant": variant,
+                                  "audio_seconds": seconds, "quantize": quantize}  # fmt: skip
+        try:
+            model = build_random_musicgen(name, device=str(device), dtype=torch.float32, seed=0)
+            bundle = MusicgenBundle(model=model, tokenizer=build_tokenizer(), device=device, dtype=torch.float32,
+                                    decoder_dtype=decoder_dtype)  # fmt: skip
+            engine = FastEngine(bundle, TextConditioner(bundle, args.text_tokens), seconds, quantize=quantize)
+            if sequence is None:
+                sequence = fidelity.reference_sequence(engine, params)
+            log_probs = fidelity.next_token_log_probs(engine, params, sequence)
+            record["decoder_dtype"] = str(engine.dtype).removeprefix("torch.")
+            record["attention_dtype"] = str(engine.attention_dtype).removeprefix("torch.")
+            if reference is None:
+                reference = log_probs
+                codec = EncodecCodec(bundle.codec, bundle.audio_channels)
+                record.update(fidelity.codec_fidelity(codec, bundle.num_codebooks, params.frames))
+            else:
+                record.update(fidelity.compare(reference, log_probs, params, bundle.audio_channels))
+        except Exception as exc:  # report and go on, as the timing runs do
+            record["error"] = f"{type(exc).__name__}: {exc}"[:500]
         emit(record, out)
-        del engine, bundle, model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 class _FirstAudio(Unwatched):
