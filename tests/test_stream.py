@@ -221,3 +221,13 @@ def test_streamer_decodes_each_frame_a_bounded_number_of_times(pipeline: MusicPi
     factor = (AudioStreamer.LEFT + AudioStreamer.EVERY + AudioStreamer.RIGHT) / AudioStreamer.EVERY
     assert decoded[-1] == 12 * 50
     assert chunk_frames <= factor * 12 * 50 + AudioStreamer.LEFT
+
+
+def test_the_transformers_backend_streams_too(mono_model: pathlib.Path) -> None:
+    reference = build_pipeline(Settings(model=str(mono_model), device="cpu", backend="transformers", mbd=False))
+    job = Recorder()
+    done = reference.render(GenerationParams("reference", 4, seed=2, normalization="none", stream_audio=True), job)
+    assert [(c.offset, c.duration) for c in job.chunks] == [(0.0, 0.2), (0.2, 1.0), (1.2, 1.0), (2.2, 1.0), (3.2, 0.8)]
+    joined = np.concatenate([_float(c.pcm) for c in job.chunks])
+    final = _float(wav_pcm(base64.b64encode(done.data).decode())[0].tobytes())
+    assert np.corrcoef(joined, final)[0, 1] > 0.9999
