@@ -149,9 +149,8 @@ class MusicgenDecoder(nn.Module):
 
     def setup_cache(self, batch: int, length: int, dtype: torch.dtype | None = None) -> None:
         """Allocate the KV cache and causal mask for `batch` streams of up to `length` positions. `dtype` is the
-        attention's precision (default: the weights'); keys, values and queries are cast to it. On a CPU without
-        native bfloat16, bfloat16 attention over a one-token query is several times slower than float32 while the
-        bfloat16 matrix products are still faster, so there the cache stays float32 beside bfloat16 weights."""
+        attention's precision (default: the weights'); keys, values and queries are cast to it, so bfloat16
+        weights can keep a float32 cache, as the fast engine does on a CPU (`loading.resolve_attention_dtype`)."""
         a, p = self.args, self.embed
         if length > a.max_positions:
             raise ValueError(f"{length} positions exceed the decoder's {a.max_positions}")
