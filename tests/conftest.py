@@ -174,3 +174,9 @@ def mono_server(server_factory: ServerFactory, mono_model: pathlib.Path) -> Serv
 @pytest.fixture(scope="session")
 def stereo_server(server_factory: ServerFactory, stereo_model: pathlib.Path) -> Server:
     return server_factory(stereo_model)
+
+
+@pytest.fixture(scope="session")
+def long_server(server_factory: ServerFactory, stereo_model: pathlib.Path) -> Server:
+    """A stereo server with a 2 s window, so a 5 s request takes four windows."""
+    return server_factory(stereo_model, "--window", "2", "--extend-stride", "1", "--max-duration", "6")

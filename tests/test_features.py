@@ -23,7 +23,7 @@ from musicgen_api.engine.long_form import generate_long, plan_windows, total_ste
 from musicgen_api.errors import InvalidRequest
 from musicgen_api.generation import GenerationParams, Unwatched
 from musicgen_api.pipeline import MusicPipeline, build_pipeline
-from tests.conftest import Recorder, Server, ServerFactory
+from tests.conftest import Recorder, Server
 from tests.test_api import stream_events
 
 ignore = Unwatched()
@@ -147,12 +147,6 @@ def test_every_format_decodes_to_rate_channels_length(pipeline: MusicPipeline, f
     assert (rate, samples.shape[1]) == (32000, 1)
     assert abs(samples.shape[0] - 2 * 32000) <= (0 if fmt in ("wav", "flac") else 1152)  # lossy frame padding
     assert audio.mime_type == {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg"}[fmt]
-
-
-@pytest.fixture(scope="module")
-def long_server(server_factory: ServerFactory, stereo_model: pathlib.Path) -> Server:
-    """A stereo server with a 2 s window, so a 5 s request takes four windows."""
-    return server_factory(stereo_model, "--window", "2", "--extend-stride", "1", "--max-duration", "6")
 
 
 def test_long_piece_over_http(long_server: Server) -> None:
