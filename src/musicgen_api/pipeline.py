@@ -26,7 +26,7 @@ from musicgen_api.config import Settings
 from musicgen_api.engine.backend import CodeGenerator
 from musicgen_api.engine.conditioning import TextConditioner
 from musicgen_api.engine.fast import FastEngine
-from musicgen_api.engine.loading import MusicgenBundle, load_musicgen
+from musicgen_api.engine.loading import MusicgenBundle, dtype_name, load_musicgen
 from musicgen_api.engine.long_form import generate_long, total_steps
 from musicgen_api.engine.melody import MelodyEngine
 from musicgen_api.engine.reference import TransformersEngine
@@ -66,8 +66,8 @@ class MusicPipeline:
             "backend": self.engine.name,
             "device": str(self.bundle.device),
             "mbd": self.mbd_supply.describe() if self.mbd_supply else {"state": "off"},
-            "dtype": _name(self.bundle.dtype),
-            "decoder_dtype": _name(self.engine.dtype),
+            "dtype": dtype_name(self.bundle.dtype),
+            "decoder_dtype": dtype_name(self.engine.dtype),
             "quantize": self.engine.quantize,
         }
 
@@ -234,10 +234,6 @@ class MusicPipeline:
     def _sync(self) -> None:
         if self.bundle.device.type == "cuda":
             torch.cuda.synchronize()
-
-
-def _name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def build_pipeline(settings: Settings) -> MusicPipeline:

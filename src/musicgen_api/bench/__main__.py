@@ -32,7 +32,13 @@ from musicgen_api.config import DType, Quantize
 from musicgen_api.engine.conditioning import TextConditioner
 from musicgen_api.engine.delay import sequence_length
 from musicgen_api.engine.fast import FastEngine
-from musicgen_api.engine.loading import MusicgenBundle, resolve_decoder_dtype, resolve_device, resolve_dtype
+from musicgen_api.engine.loading import (
+    MusicgenBundle,
+    dtype_name,
+    resolve_decoder_dtype,
+    resolve_device,
+    resolve_dtype,
+)
 from musicgen_api.generation import AudioChunk, GenerationParams, Unwatched
 from musicgen_api.pipeline import MusicPipeline
 
@@ -128,16 +134,17 @@ def fast_runs(
     codes = torch.randint(0, engine.decoder.args.codebook_size, (engine.num_codebooks, params.frames), device=device)
     codec_s, _ = timed(device, lambda: pipeline.codec.decode(codes))
     model = bundle.model
-    weights = tensor_bytes(engine.decoder.parameters()) + tensor_bytes(engine.decoder.buffers())
+    cache = sum(tensor_bytes((layer.cache.k, layer.cache.v)) for layer in engine.decoder.layers if layer.cache)
+    # The decoder's buffers hold int8 weights (--quantize int8) and the KV caches, which count under kv.
+    weights = tensor_bytes(engine.decoder.parameters()) + tensor_bytes(engine.decoder.buffers()) - cache
     weights += tensor_bytes(model.text_encoder.parameters()) + tensor_bytes(model.audio_encoder.parameters())
-    kv = sum(tensor_bytes((layer.cache.k, layer.cache.v)) for layer in engine.decoder.layers if layer.cache)
-    kv += tensor_bytes(t for pair in engine.cross for t in pair)
+    kv = cache + tensor_bytes(t for pair in engine.cross for t in pair)
     profile = profile_step(engine) if profile_steps and device.type == "cuda" else None
     wall = statistics.median(walls)
     return {
         "profile": profile,
-        "decoder_dtype": str(engine.dtype).removeprefix("torch."),
-        "attention_dtype": str(engine.attention_dtype).removeprefix("torch."),
+        "decoder_dtype": dtype_name(engine.dtype),
+        "attention_dtype": dtype_name(engine.attention_dtype),
         "quantize": quantize,
         "graphs": len(engine.graphs),
         "startup_s": startup,
@@ -169,10 +176,10 @@ def bench_model(name: str, args: argparse.Namespace, out: Any) -> None:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
 
-    def random_bundle(dtype_name: DType = args.dtype) -> MusicgenBundle:
+    def random_bundle(requested: DType = args.dtype) -> MusicgenBundle:
         """A fresh model for each backend: a FastEngine takes the decoder's weights out of its bundle."""
         model = build_random_musicgen(name, device=str(device), dtype=dtype)
-        decoder_dtype = resolve_decoder_dtype(dtype_name, device)
+        decoder_dtype = resolve_decoder_dtype(requested, device)
         return MusicgenBundle(
             model=model, tokenizer=build_tokenizer(), device=device, dtype=dtype, decoder_dtype=decoder_dtype
         )
@@ -180,7 +187,7 @@ def bench_model(name: str, args: argparse.Namespace, out: Any) -> None:
     build_s, bundle = timed(device, random_bundle)
     conditioner = TextConditioner(bundle, max_tokens=args.text_tokens)
     base = {"model": name, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-            "dtype": str(dtype).removeprefix("torch.")}  # fmt: skip
+            "dtype": dtype_name(dtype)}  # fmt: skip
     steps = sequence_length(args.duration * 50, bundle.num_codebooks, bundle.audio_channels) - 1
 
     reference_ms_per_step = None
@@ -253,8 +260,8 @@ def bench_fidelity(name: str, args: argparse.Namespace, out: Any) -> None:
             if sequence is None:
                 sequence = fidelity.reference_sequence(engine, params)
             log_probs = fidelity.next_token_log_probs(engine, params, sequence)
-            record["decoder_dtype"] = str(engine.dtype).removeprefix("torch.")
-            record["attention_dtype"] = str(engine.attention_dtype).removeprefix("torch.")
+            record["decoder_dtype"] = dtype_name(engine.dtype)
+            record["attention_dtype"] = dtype_name(engine.attention_dtype)
             if reference is None:
                 reference = log_probs
                 codec = EncodecCodec(bundle.codec, bundle.audio_channels)
@@ -355,7 +362,7 @@ def bench_mbd(args: argparse.Namespace, out: Any) -> None:
         error = (decoded - exact).float()
         snr = 10 * torch.log10(exact.pow(2).mean() / error.pow(2).mean()).item() if error.abs().max() > 0 else None
         emit({"model": f"mbd-hidden{args.mbd_hidden}", "device": torch.cuda.get_device_name() if device.type ==
-              "cuda" else "cpu", "dtype": str(dtype).removeprefix("torch."), "server_default": dtype ==
+              "cuda" else "cpu", "dtype": dtype_name(dtype), "server_default": dtype ==
               unet_dtype(device), "params_m": params / 1e6, "audio_seconds": args.duration, "unet_passes":
               len(marks), "wall_s": wall, "ms_per_pass": 1000 * wall / len(marks), "band_seconds":
               [round(b, 3) for b in band_seconds], "max_abs_vs_float32": error.abs().max().item(),
