@@ -19,6 +19,7 @@ from typing import Any, BinaryIO
 import httpx
 
 from musicgen_api.errors import Busy, GenerationFailed, InvalidRequest
+from musicgen_api.generation import AudioChunk
 
 CONNECT_TIMEOUT_S = 10.0
 # Longest silence tolerated mid-stream. The server sends an event per percent of progress, so only a stalled server
@@ -41,17 +42,6 @@ class Clip:
     channels: int
     duration: float  # seconds
     seed: int | None  # the seed that makes this clip again; None from a server that does not report one
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """One `audio` event of a `stream_audio` generation: the next stretch of the piece as it is made."""
-
-    pcm: bytes  # 16-bit little-endian PCM, channels interleaved
-    offset: float  # seconds from the start of the piece
-    duration: float
-    sample_rate: int
-    channels: int
 
 
 def _timeout() -> httpx.Timeout:
@@ -181,7 +171,7 @@ class StreamingWav:
         self.out = out
         self.started = False
 
-    def write(self, chunk: Chunk) -> None:
+    def write(self, chunk: AudioChunk) -> None:
         if not self.started:
             block = 2 * chunk.channels  # bytes per sample frame, 16-bit
             self.out.write(
@@ -195,9 +185,9 @@ class StreamingWav:
         self.out.flush()
 
 
-def _chunk(url: str, event: dict[str, Any]) -> Chunk:
+def _chunk(url: str, event: dict[str, Any]) -> AudioChunk:
     try:
-        return Chunk(
+        return AudioChunk(
             pcm=base64.b64decode(event["audio_chunk"], validate=True),
             offset=float(event["offset"]),
             duration=float(event["duration"]),
@@ -213,7 +203,7 @@ def generate(
     params: dict[str, Any],
     on_progress: Callable[[int], None],
     api_key: str | None = None,
-    on_audio: Callable[[Chunk], None] | None = None,
+    on_audio: Callable[[AudioChunk], None] | None = None,
 ) -> Clip:
     """POST one generation and return the clip, calling `on_progress(percent)` as the server reports it. With
     `on_audio`, asks for the audio as it is made (`stream_audio`) and hands each chunk to it.
