@@ -18,7 +18,7 @@ import requests
 
 from musicgen_api.cluster.board import STALE_AFTER_S, ReplicaBoard
 from musicgen_api.cluster.deploy import plan
-from musicgen_api.cluster.replica import Accepted, ReplicaSlot
+from musicgen_api.cluster.replica import Accepted, ReplicaSlots
 from musicgen_api.config import ClusterSettings
 from musicgen_api.generation import GenerationParams, JobControl, RenderedAudio
 from musicgen_api.service import GenerationService
@@ -107,24 +107,48 @@ def test_board_phases_arrive_out_of_order_and_go_stale() -> None:
     now = [0.0]
     board = ReplicaBoard(clock=lambda: now[0])
     assert board.busy  # no replica yet: nothing could start a request
-    board.report("a", 0, {"model": "m"})
-    board.report("b", 0)
+    board.report("a", [0], {"model": "m"})
+    board.report("b", [0])
     assert (board.idle, board.busy) == (2, False)
-    board.report("a", 1)  # a started its first piece
-    board.report("a", 0)  # a heartbeat sent before that, delivered late: must not make a idle again
+    board.report_slot("a", 0, 1)  # a started its first piece
+    board.report("a", [0])  # a heartbeat sent before that, delivered late: must not make a idle again
     assert board.idle == 1
     board.waiting = 1  # a request on its way to b
     assert board.busy and board.admits(queue=2)  # a generates, one goes to b, two more may wait
     board.waiting = 3
     assert not board.admits(queue=2)
     board.waiting = 0
-    board.report("a", 2)  # a's piece stopped
-    assert board.idle == 2 and board.describe() == {"model": "m", "replicas": 2, "idle_replicas": 2}
+    board.report("a", [2])  # a's piece stopped
+    assert board.idle == 2
+    assert board.describe() == {"model": "m", "replicas": 2, "idle_replicas": 2, "slots": 2, "free_slots": 2}
     now[0] = STALE_AFTER_S + 1
-    board.report("b", 2)
+    board.report("b", [2])
     assert board.describe()["replicas"] == 1  # a went quiet: taken for dead
     board.forget("b")
     assert board.busy
+
+
+def test_board_counts_slots() -> None:
+    """Replicas of several slots: the board admits a request while any slot is free, slot by slot, and a late
+    report of one slot never undoes a newer one of another."""
+    board = ReplicaBoard()
+    board.report("a", [0, 0, 0], {"model": "m"})
+    board.report("b", [0, 0, 0])
+    assert (board.idle, board.describe()["slots"]) == (6, 6)
+    for slot in range(3):
+        board.report_slot("a", slot, 1)
+    board.report_slot("b", 0, 1)
+    board.report("a", [1, 0, 0])  # sent before a's second and third started
+    info = board.describe()
+    assert (board.idle, info["free_slots"], info["idle_replicas"], board.busy) == (2, 2, 0, False)
+    board.waiting = 2
+    assert board.busy and not board.admits(queue=0) and board.admits(queue=1)
+    board.waiting = 0
+    board.report_slot("a", 1, 2)  # a's second piece stopped
+    board.report("b", [2, 0, 0])
+    assert (board.idle, board.describe()["idle_replicas"]) == (4, 1)
+    board.report("b", [2, 0, 0, 0])  # b restarted with another --slots: its new shape replaces the old
+    assert board.describe()["slots"] == 7
 
 
 def test_plan_defaults_follow_the_clusters_gpus() -> None:
@@ -138,6 +162,9 @@ def test_plan_defaults_follow_the_clusters_gpus() -> None:
     scaling = plan(ClusterSettings(max_replicas=6), gpus_available=2).deployment_options()
     assert scaling["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 6, "target_ongoing_requests": 1}
     assert scaling["max_queued_requests"] == 12 and "num_replicas" not in scaling  # Ray's bound: a backstop
+    four = plan(ClusterSettings(replicas=2), gpus_available=2, slots=4)
+    options = four.deployment_options()
+    assert (four.max_queued, options["max_ongoing_requests"], options["max_queued_requests"]) == (8, 4, 16)
 
 
 def test_single_process_server_needs_no_ray() -> None:
@@ -161,6 +188,8 @@ def test_cluster_flags_refuse_contradictions_and_dead_addresses_at_once() -> Non
 class OneLongStep:
     """A renderer whose one step cannot be interrupted: cancelled during it, the worker stops only after it."""
 
+    slots = 1
+
     def __init__(self) -> None:
         self.in_step, self.step_may_end = threading.Event(), threading.Event()
 
@@ -183,7 +212,7 @@ def test_cancelled_replica_handler_returns_only_after_the_worker_stopped() -> No
     cancelled piece still runs, however often the handler is cancelled meanwhile."""
     renderer = OneLongStep()
     service = GenerationService(renderer)
-    slot = ReplicaSlot(service, "r1")
+    slot = ReplicaSlots(service, "r1")
 
     async def scenario() -> None:
         items = []
@@ -194,7 +223,7 @@ def test_cancelled_replica_handler_returns_only_after_the_worker_stopped() -> No
 
         handler = asyncio.create_task(consume())
         await asyncio.to_thread(renderer.in_step.wait, 10)
-        assert isinstance(items[0], Accepted) and slot.phase == 1
+        assert isinstance(items[0], Accepted) and slot.phases == [1]
         for _ in range(3):  # the client went away, and Ray cancels again
             handler.cancel()
             await asyncio.sleep(0.1)
@@ -202,7 +231,7 @@ def test_cancelled_replica_handler_returns_only_after_the_worker_stopped() -> No
         renderer.step_may_end.set()
         with pytest.raises(asyncio.CancelledError):
             await handler
-        assert not service.busy and slot.phase == 2
+        assert not service.busy and slot.phases == [2]
 
     asyncio.run(scenario())
     service.shutdown()

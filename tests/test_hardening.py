@@ -340,19 +340,19 @@ def _run_job(service: GenerationService, params: GenerationParams) -> list[Any]:
 )
 def test_faults_mid_stream_end_in_an_error_event(mono_model: pathlib.Path, fault: Exception, message: str) -> None:
     service, pipeline = _service(mono_model)
-    real = pipeline.engine.step
+    real = pipeline.engine.step_fn
 
     def failing_step(kv_len: int, text_len: int) -> None:
-        if pipeline.engine.pos.item() == 20:
+        if pipeline.engine.pos[0].item() == 20:
             raise fault
         real(kv_len, text_len)
 
-    pipeline.engine.step = failing_step
+    pipeline.engine.step_fn = failing_step
     events = _run_job(service, GenerationParams("fault", 1))
     assert isinstance(events[-1], Failed) and message in events[-1].message
     assert "boom" not in events[-1].message and "Traceback" not in events[-1].message
     assert not service.busy
-    pipeline.engine.step = real
+    pipeline.engine.step_fn = real
     assert isinstance(_run_job(service, GenerationParams("after the fault", 1))[-1], Completed)
     service.shutdown()
 

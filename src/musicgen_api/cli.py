@@ -63,6 +63,12 @@ def _server_flags(serve: argparse.ArgumentParser) -> None:
         "--backend", choices=get_args(Backend), help="decode loop: fast (default) or transformers' generate (reference)"
     )
     serve.add_argument(
+        "--slots",
+        type=int,
+        help="generations at once, decoded together in one batched step (default 1: one at a time, the others get "
+        "503); their KV caches are allocated at start-up, which refuses more than fit [MUSICGEN_SLOTS]",
+    )
+    serve.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,
         help="CUDA: fuse the decode step with torch.compile before capturing it (default on; off starts faster)",

@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     dtype: DType = "auto"  # auto: float16 on CUDA; float32 on CPU, the decoder bfloat16 on x86 CPUs with AVX2 or better
     quantize: Quantize = "none"  # int8: the fast decoder's weights as int8 (weight-only), fastest on CPU, less exact
     backend: Backend = "fast"  # fast: our decode loop; transformers: its generate(), kept as the reference
+    slots: int = Field(1, ge=1)  # generations decoding together in one batched step (fast backend)
     compile: bool = True  # CUDA only: fuse the decode step with torch.compile before capturing it (slower start-up)
     mbd: MBDMode = "auto"  # auto: load local weights, fetch others in the background; on: required; off: none
     mbd_weights: str = "facebook/multiband-diffusion"  # hub repo (its mbd_musicgen_32khz.th) or a local .th file

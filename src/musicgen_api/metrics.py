@@ -6,7 +6,9 @@ from prometheus_client import Counter, Gauge, Histogram
 GENERATIONS = Counter(
     "musicgen_generations_total", "Generations by how they ended", ["outcome"]
 )  # outcome: started, completed, failed, cancelled
-BUSY_REJECTIONS = Counter("musicgen_busy_rejections_total", "Requests answered 503 because a generation was running")
+BUSY_REJECTIONS = Counter("musicgen_busy_rejections_total", "Requests answered 503 because every slot was taken")
+SLOTS = Gauge("musicgen_slots", "Generations this server runs at once (--slots)")
+SLOTS_IN_USE = Gauge("musicgen_slots_in_use", "Generation slots taken now")
 GENERATION_SECONDS = Histogram(
     "musicgen_generation_seconds",
     "Wall time of completed generations",

@@ -1,13 +1,16 @@
 """A request's whole path through the model: description (+ prompt audio) → codes (engine) → waveform (audio) →
 levelled, encoded file.
 
-This is the one object the generation slot drives. It seeds the sampler, makes long pieces window by window,
-chooses the decoder (EnCodec, or MultiBand Diffusion for `mbd: true`), reports whole-job progress, and turns
-failures the user can act on (out of memory, unsupported options) into the project's error types.
+This is the one object the generation slots drive, one call per generation, several at once with `--slots`. It
+seeds the request's own random generator (the sampler's and MBD's noise), makes long pieces window by window,
+chooses the decoder (EnCodec, or MultiBand Diffusion for `mbd: true`, one piece at a time), reports whole-job
+progress, and turns failures the user can act on (out of memory, unsupported options) into the project's error
+types.
 """
 
 import logging
 import secrets
+import threading
 import time
 from typing import Any
 
@@ -36,7 +39,7 @@ from musicgen_api.progress import JobProgress, StageCosts
 
 log = logging.getLogger(__name__)
 
-SEED_LIMIT = 2**63  # seeds are 0 ≤ seed < 2**63, what torch.manual_seed takes
+SEED_LIMIT = 2**63  # seeds are 0 ≤ seed < 2**63, what torch.Generator.manual_seed takes
 
 
 class MusicPipeline:
@@ -53,6 +56,8 @@ class MusicPipeline:
         self.codec = EncodecCodec(bundle.codec, bundle.audio_channels)
         self.window, self.stride = to_frames(window), to_frames(stride)  # in code frames
         self.costs = StageCosts()
+        self.slots = engine.slots
+        self._diffusion_turn = threading.Lock()  # MBD's U-Nets and their activations: one piece at a time
         if bundle.device.type == "cuda":
             metrics.GPU_MEMORY_BYTES.set_function(lambda: torch.cuda.memory_allocated(bundle.device))
 
@@ -166,7 +171,7 @@ class MusicPipeline:
 
     def _render(self, params: GenerationParams, job: JobControl) -> RenderedAudio:
         seed = params.seed if params.seed is not None else secrets.randbelow(SEED_LIMIT)
-        torch.manual_seed(seed)  # seeds every device's generator: the sampler's and MBD's noise come from them
+        generator = torch.Generator(self.bundle.device).manual_seed(seed)  # this request's alone, beside others
         prompt = self._prompt_codes(params)
         given = 0 if prompt is None else prompt.shape[1]
         total = given + params.frames if not params.return_prompt else params.frames
@@ -181,7 +186,7 @@ class MusicPipeline:
         progress = JobProgress(self.costs, job, steps, to_seconds(total), mbd.calls if mbd else 0, on_frames)
 
         started = time.perf_counter()
-        codes = generate_long(self.engine, params, progress, total, self.window, self.stride, prompt)
+        codes = generate_long(self.engine, params, progress, total, self.window, self.stride, prompt, generator)
         if streamer is not None:
             streamer.finish()
             log.debug("streamed the audio; decoding its chunks took %.2f s", streamer.decode_seconds)
@@ -204,7 +209,8 @@ class MusicPipeline:
                 progress.stop_if_cancelled()
 
             per_channel = torch.stack([codes[c::channels] for c in range(channels)])  # [C, K / C, F]
-            waveform = mbd.decode(per_channel, waveform[:, None, :], on_call)[:, 0]
+            with self._diffusion_turn:
+                waveform = mbd.decode(per_channel, waveform[:, None, :], on_call, generator=generator)[:, 0]
             progress.stage_done("diffusion")
 
         rate = self.bundle.sampling_rate
@@ -241,6 +247,9 @@ def build_pipeline(settings: Settings) -> MusicPipeline:
     conditioner = TextConditioner(bundle, settings.max_text_tokens)
     window = settings.decode_window
     engine: CodeGenerator
+    if settings.slots > 1 and (bundle.melody or settings.backend == "transformers"):
+        why = "a MusicGen-Melody checkpoint runs" if bundle.melody else "--backend transformers runs"
+        raise ValueError(f"--slots {settings.slots} needs the fast backend; {why} one generation at a time")
     if bundle.melody:
         log.info(
             "%s is a MusicGen-Melody checkpoint: it runs on transformers' generate, not the fast engine", bundle.source
@@ -249,6 +258,8 @@ def build_pipeline(settings: Settings) -> MusicPipeline:
     elif settings.backend == "transformers":
         engine = TransformersEngine(bundle, conditioner)
     else:
-        engine = FastEngine(bundle, conditioner, window, compile_step=settings.compile, quantize=settings.quantize)
+        engine = FastEngine(
+            bundle, conditioner, window, compile_step=settings.compile, quantize=settings.quantize, slots=settings.slots
+        )
     mbd = MBDSupply(settings.mbd, settings.mbd_weights, bundle.codec, bundle.device)
     return MusicPipeline(bundle, engine, conditioner, mbd, window, settings.extend_stride)

@@ -26,7 +26,7 @@ class _Server(uvicorn.Server):
         self.service = service
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self.service.stop_current(SHUTDOWN_MESSAGE)
+        self.service.stop_all(SHUTDOWN_MESSAGE)
         super().handle_exit(sig, frame)
 
 

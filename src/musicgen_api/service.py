@@ -1,8 +1,9 @@
-"""The single generation slot: busy or idle, one worker thread, progress events, cancellation, release.
+"""The generation slots: how many are taken, one worker thread each, progress events, cancellation, release.
 
-The only place that knows there is one slot. The HTTP side calls `start()` and iterates the job's events; the model
-runs on the worker thread and checks the job's cancel flag at every step. The slot is freed when the worker has
-actually stopped (finished, failed or cancelled), never earlier, so two generations can never overlap.
+The only place that counts slots: one by default (the spec's singleton), `--slots N` for N generations decoding
+together. The HTTP side calls `start()` and iterates the job's events; the model runs on the job's worker thread and
+checks the job's cancel flag at every step. A slot is freed when its worker has actually stopped (finished, failed or
+cancelled), never earlier, so no more generations than slots ever run at once.
 """
 
 import asyncio
@@ -25,6 +26,8 @@ SHUTDOWN_MESSAGE = "the server is shutting down; try again in a moment"  # what 
 
 
 class Renderer(Protocol):
+    slots: int  # generations it can run at once
+
     def describe(self) -> dict[str, Any]: ...
     def check(self, params: GenerationParams) -> None: ...
     def render(self, params: GenerationParams, job: JobControl) -> RenderedAudio: ...
@@ -119,32 +122,41 @@ class Job:
 class GenerationService:
     def __init__(self, renderer: Renderer) -> None:
         self._renderer = renderer
-        self._slot = threading.Lock()
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generation")
-        self._current: Job | None = None
+        self.slots = renderer.slots
+        self._lock = threading.Lock()
+        self._running: set[Job] = set()  # the jobs holding a slot
+        self._worker = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="generation")
+        metrics.SLOTS.set(self.slots)
+        metrics.SLOTS_IN_USE.set_function(lambda: len(self._running))
 
     @property
     def busy(self) -> bool:
-        return self._slot.locked()
+        """Every slot is taken."""
+        return len(self._running) >= self.slots
 
     def describe(self) -> dict[str, Any]:
-        """The loaded model, as plain data."""
-        return self._renderer.describe()
+        """The loaded model and the slots, as plain data."""
+        return {**self._renderer.describe(), "slots": self.slots, "free_slots": self.slots - len(self._running)}
 
     async def start(self, params: GenerationParams) -> Job:
-        """Take the slot and start generating, or raise Busy / InvalidRequest without starting anything."""
-        if not self._slot.acquire(blocking=False):
-            raise Busy("a generation is already running")
+        """Take a slot and start generating, or raise Busy / InvalidRequest without starting anything."""
+        job = Job(asyncio.get_running_loop())
+        with self._lock:
+            if len(self._running) >= self.slots:
+                many = f"all {self.slots} generation slots are taken" if self.slots > 1 else ""
+                raise Busy(many or "a generation is already running")
+            self._running.add(job)
         try:
             self._renderer.check(params)
-            job = Job(asyncio.get_running_loop())
-            self._current = job
             self._worker.submit(self._run, job, params)
         except BaseException:
-            self._current = None
-            self._slot.release()
+            self._release(job)
             raise
         return job
+
+    def _release(self, job: Job) -> None:
+        with self._lock:
+            self._running.discard(job)
 
     def _run(self, job: Job, params: GenerationParams) -> None:
         started = time.perf_counter()
@@ -174,17 +186,17 @@ class GenerationService:
             metrics.GENERATIONS.labels("failed").inc()
             outcome = Failed("generation failed with an internal error; the server log has the details")
         finally:
-            self._current = None
-            self._slot.release()
+            self._release(job)
         job.emit(outcome)  # after the release: a client that reacts to the last event at once finds the slot free
 
-    def stop_current(self, reason: str) -> None:
-        """Stop the running generation, if any; its client gets `reason` as the stream's error event."""
-        job = self._current
-        if job is not None:
+    def stop_all(self, reason: str) -> None:
+        """Stop every running generation; each client gets `reason` as its stream's error event."""
+        with self._lock:
+            running = list(self._running)
+        for job in running:
             job.cancel(reason)
 
     def shutdown(self) -> None:
-        """Stop the running generation, if any, and wait for the worker thread to end."""
-        self.stop_current(SHUTDOWN_MESSAGE)
+        """Stop every running generation and wait for the worker threads to end."""
+        self.stop_all(SHUTDOWN_MESSAGE)
         self._worker.shutdown(wait=True)

@@ -2,9 +2,12 @@
 encoding turns an audio prompt into the codes a continuation starts from.
 
 On a CPU the decode is a large share of a short clip, so it reports how far it is after each of the decoder's
-layers, weighted by the share of the time each layer took in the decodes before (equal shares at first).
+layers, weighted by the share of the time each layer took in the decodes before (equal shares at first). Those
+reports are hooks on the shared layers, so decodes take turns: generations side by side (`--slots`) decode their
+chunks and clips one at a time.
 """
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -25,10 +28,15 @@ class EncodecCodec:
         self.hop = int(torch.tensor(codec.config.upsampling_ratios).prod())  # samples per code frame
         self._layers: list[nn.Module] = list(codec.decoder.layers)
         self._shares = [1 / len(self._layers)] * len(self._layers)  # of the decode's time, learned per decode
+        self._turn = threading.Lock()  # one decode at a time: another's hooks would fire in this one
 
     @torch.no_grad()
     def decode(self, codes: Tensor, on_part: PartDone | None = None) -> Tensor:
         """Codes [K, frames] → float waveform [channels, frames * hop]; `on_part` hears how far it is."""
+        with self._turn:
+            return self._decode(codes, on_part)
+
+    def _decode(self, codes: Tensor, on_part: PartDone | None) -> Tensor:
         per_channel = [codes[c :: self.channels] for c in range(self.channels)]  # each [K / channels, frames]
         if on_part is None:
             return torch.stack([self._decode_one(c) for c in per_channel]).float()

@@ -77,7 +77,12 @@ class MultiBandDiffusion(nn.Module):
 
     @torch.no_grad()
     def decode(
-        self, codes: Tensor, reference: Tensor, on_call: Callable[[], None], noise: BandNoise | None = None
+        self,
+        codes: Tensor,
+        reference: Tensor,
+        on_call: Callable[[], None],
+        noise: BandNoise | None = None,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
         """Codes [B, K, F] and their EnCodec decode [B, 1, T] → the diffusion decode [B, 1, T] (float32).
 
@@ -91,7 +96,7 @@ class MultiBandDiffusion(nn.Module):
             def draw(index: int, shape: torch.Size, i: int = i) -> Tensor:
                 if noise is not None:
                     return noise(i, index, shape)
-                return torch.randn(shape, device=reference.device, dtype=reference.dtype)
+                return torch.randn(shape, device=reference.device, dtype=reference.dtype, generator=generator)
 
             out += band.generate(condition, reference.shape, draw, on_call)
         return self.match_eq(out, reference)

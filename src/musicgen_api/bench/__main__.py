@@ -3,6 +3,7 @@
     python -m musicgen_api.bench --models small medium large          # on a GPU
     python -m musicgen_api.bench --models tiny --device cpu --duration 5
     python -m musicgen_api.bench --models --mbd --duration 30                # MultiBand Diffusion alone
+    python -m musicgen_api.bench --models tiny --device cpu --slots 1 2 4 8 16   # several generations at once
 
 Random weights of the real shapes (`bench.random_model`), so no download is needed; decoding cost does not depend on
 the weights' values. Each run prints one JSON line: text in, WAV bytes out, wall time synchronised with the device.
@@ -15,6 +16,7 @@ import io
 import json
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -96,7 +98,7 @@ def profile_step(engine: FastEngine, steps: int = 20) -> dict[str, Any]:
     engine.generate(GenerationParams(PROMPT, 1), Unwatched())  # a realistic state to step from
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
-            engine.step(engine.attended(int(engine.pos)), engine.text_len)
+            engine.step_fn(engine.attended(int(engine.pos[0])), engine.buckets.text if engine.buckets else 64)
         torch.cuda.synchronize()
     rows = []
     for event in prof.key_averages():
@@ -328,6 +330,57 @@ def bench_stream(name: str, args: argparse.Namespace, out: Any) -> None:
          out)  # fmt: skip
 
 
+def bench_slots(name: str, args: argparse.Namespace, out: Any) -> None:
+    """`--slots N`: N simultaneous requests of --duration seconds each, end to end through the pipeline on N worker
+    threads as the service runs them; throughput (seconds of audio per second) and each request's latency, against
+    the one-slot figures of the same run."""
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    solo: dict[str, float] = {}
+    for slots in sorted(args.slots):
+        model = build_random_musicgen(name, device=str(device), dtype=dtype)
+        bundle = MusicgenBundle(model=model, tokenizer=build_tokenizer(), device=device, dtype=dtype,
+                                decoder_dtype=resolve_decoder_dtype(args.dtype, device))  # fmt: skip
+        conditioner = TextConditioner(bundle, max_tokens=args.text_tokens)
+        try:
+            startup, engine = timed(device, lambda: FastEngine(bundle, conditioner, min(args.duration, 30),
+                                    compile_step=device.type == "cuda", slots=slots))  # fmt: skip
+        except ValueError as exc:  # more slots than the device holds
+            emit({"model": name, "device": str(device), "slots": slots, "error": str(exc)}, out)
+            break
+        pipeline = MusicPipeline(bundle, engine, conditioner, window=min(args.duration, 30))
+        requests = [GenerationParams(f"{PROMPT}, take {i}", args.duration, seed=i) for i in range(slots)]
+        latencies = [0.0] * slots
+
+        def render(i: int) -> None:
+            started = time.perf_counter()
+            pipeline.render(requests[i], Unwatched())
+            sync(device)
+            latencies[i] = time.perf_counter() - started
+
+        def all_at_once() -> None:
+            threads = [threading.Thread(target=render, args=(i,)) for i in range(slots)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+
+        all_at_once()  # warm-up: the same lengths, every bucket, every slot
+        wall, _ = timed(device, all_at_once)
+        throughput = slots * args.duration / wall
+        latency = statistics.median(latencies)
+        solo = solo or {"throughput": throughput, "latency": latency}
+        emit({"model": name, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+              "backend": "fast-slots", "slots": slots, "audio_seconds": args.duration, "wall_s": wall,
+              "audio_s_per_s": throughput, "latency_median_s": latency, "latency_max_s": max(latencies),
+              "throughput_vs_1_slot": throughput / solo["throughput"] if 1 in args.slots else None,
+              "latency_vs_1_slot": latency / solo["latency"] if 1 in args.slots else None,
+              "startup_s": startup, "graphs": len(engine.graphs), **memory_gib()}, out)  # fmt: skip
+        del pipeline, engine, bundle, conditioner, model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def bench_mbd(args: argparse.Namespace, out: Any) -> None:
     """MultiBand Diffusion of the published shape decoding `--duration` seconds of random codes: float32, then the
     U-Net precision the server uses on this device, with the error of the latter against float32."""
@@ -394,12 +447,17 @@ def main() -> None:
                         help="instead, time stream_audio: first audio, its cost, chunks against file")  # fmt: skip
     parser.add_argument("--fidelity", action="store_true",
                         help="instead of timing, compare the bfloat16 and int8 decoders with float32")  # fmt: skip
+    parser.add_argument("--slots", type=int, nargs="*",
+                        help="instead, time this many simultaneous requests per engine (e.g. 1 2 4 8 16)")  # fmt: skip
     parser.add_argument("--out", type=argparse.FileType("a"), help="also append the JSON lines to this file")
     args = parser.parse_args()
     if args.reference_duration is None:
         args.reference_duration = args.duration
     for name in args.models:
-        (bench_fidelity if args.fidelity else bench_stream if args.stream else bench_model)(name, args, args.out)
+        if args.slots:
+            bench_slots(name, args, args.out)
+        else:
+            (bench_fidelity if args.fidelity else bench_stream if args.stream else bench_model)(name, args, args.out)
     if args.mbd:
         bench_mbd(args, args.out)
     sys.exit(0)

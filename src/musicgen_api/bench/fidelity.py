@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from musicgen_api.audio.codec import EncodecCodec
+from musicgen_api.engine.decode_loop import Seat
 from musicgen_api.engine.delay import valid_positions
 from musicgen_api.engine.fast import FastEngine
 from musicgen_api.generation import GenerationParams, Unwatched
@@ -21,21 +22,25 @@ from musicgen_api.generation import GenerationParams, Unwatched
 @torch.no_grad()
 def reference_sequence(engine: FastEngine, params: GenerationParams) -> Tensor:
     """The delayed token sequence [K, L] that `engine` samples for `params` (seeded)."""
-    torch.manual_seed(params.seed or 0)
-    engine.generate(params, Unwatched())
-    return engine.sequence[0].clone()
+    generator = torch.Generator(engine.bundle.device).manual_seed(params.seed or 0)
+    engine.generate(params, Unwatched(), generator=generator)
+    return engine.sequence[0].clone()  # slot 0's: the engine has one
 
 
 @torch.no_grad()
 def next_token_log_probs(engine: FastEngine, params: GenerationParams, sequence: Tensor) -> Tensor:
     """log p(next token) [K, L - 1, V] at every position of `sequence` [K, L], teacher-forced, CFG-mixed with
     `params.cfg_coef` and divided by `params.temperature`, as the sampler sees them."""
-    engine._prepare(params, params.frames, None)  # the request's text, in the engine's own buffers
+    window = engine._window(params, params.frames, None, torch.Generator(engine.bundle.device))
+    seat = Seat(window, 0, 0, index=0)
+    engine.install(seat)  # the request's text in slot 0's buffers; the decoder is then called directly
+    engine.park(seat)
     length = sequence.shape[1] - 1
     tokens = sequence[None, :, :length].expand(2, -1, -1).to(engine.sequence.device)
-    cross = [(k[:, :, : engine.text_len], v[:, :, : engine.text_len]) for k, v in engine.cross]
-    positions = torch.arange(length, device=tokens.device)
-    logits = engine.decoder(tokens, positions, length, cross, engine.cross_mask[..., : engine.text_len])
+    text = window.text_len
+    cross = [(k[:2, :, :text], v[:2, :, :text]) for k, v in engine.cross]
+    positions = torch.arange(length, device=tokens.device).expand(2, -1)
+    logits = engine.decoder(tokens, positions, length, cross, engine.cross_mask[:2, ..., :text], rows=slice(0, 2))
     cond, uncond = logits[0].float(), logits[1].float()  # [K, L - 1, V]
     mixed = uncond + (cond - uncond) * params.cfg_coef
     return torch.log_softmax(mixed / params.temperature, dim=-1)

@@ -43,20 +43,21 @@ class Plan:
     min_replicas: int
     max_replicas: int
     max_queued: int
+    slots: int = 1  # generations each replica runs at once (--slots)
 
     def deployment_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {
-            "max_ongoing_requests": 1,
+            "max_ongoing_requests": self.slots,
             # The ingress enforces max_queued exactly; Ray's bound, which also counts requests being routed, is
             # only a backstop and must not refuse before it.
-            "max_queued_requests": self.max_queued + self.max_replicas,
+            "max_queued_requests": self.max_queued + self.max_replicas * self.slots,
             "ray_actor_options": {"num_gpus": self.gpus_per_replica, "num_cpus": self.cpus_per_replica},
         }
         if self.replicas is None:
             options["autoscaling_config"] = {
                 "min_replicas": self.min_replicas,
                 "max_replicas": self.max_replicas,
-                "target_ongoing_requests": 1,
+                "target_ongoing_requests": self.slots,
             }
         else:
             options["num_replicas"] = self.replicas
@@ -65,21 +66,22 @@ class Plan:
     def summary(self) -> str:
         count = f"{self.replicas}" if self.replicas is not None else f"{self.min_replicas} to {self.max_replicas}"
         return (
-            f"{count} replica(s), {self.gpus_per_replica:g} GPU and {self.cpus_per_replica:g} CPU each, "
+            f"{count} replica(s) of {self.slots} slot(s), {self.gpus_per_replica:g} GPU and "
+            f"{self.cpus_per_replica:g} CPU each, "
             f"up to {self.max_queued} queued request(s)"
         )
 
 
-def plan(cluster: ClusterSettings, gpus_available: float) -> Plan:
-    """Fill in what the operator left unset from the GPUs the Ray cluster has."""
+def plan(cluster: ClusterSettings, gpus_available: float, slots: int = 1) -> Plan:
+    """Fill in what the operator left unset from the GPUs the Ray cluster has; each replica runs `slots` at once."""
     gpus = cluster.gpus_per_replica if cluster.gpus_per_replica is not None else (1.0 if gpus_available else 0.0)
     capacity = max(1, int(gpus_available // gpus)) if gpus else 1
     if cluster.min_replicas is not None or cluster.max_replicas is not None:  # autoscaling
         low = cluster.min_replicas or 1
         high = cluster.max_replicas or max(capacity, low)
-        return Plan(gpus, cluster.cpus_per_replica, None, low, high, cluster.max_queued or high)
+        return Plan(gpus, cluster.cpus_per_replica, None, low, high, cluster.max_queued or high * slots, slots)
     count = cluster.replicas or capacity
-    return Plan(gpus, cluster.cpus_per_replica, count, count, count, cluster.max_queued or count)
+    return Plan(gpus, cluster.cpus_per_replica, count, count, count, cluster.max_queued or count * slots, slots)
 
 
 def build_application(settings: Settings, replicas: Plan) -> Application:
@@ -139,7 +141,7 @@ def run(settings: Settings, cluster: ClusterSettings) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # docker stop, systemd: stop as Ctrl-C does
     try:
         gpus = ray.cluster_resources().get("GPU", 0.0)
-        replicas = plan(cluster, gpus)
+        replicas = plan(cluster, gpus, settings.slots)
         if replicas.gpus_per_replica * replicas.min_replicas > gpus:
             log.warning("the Ray cluster has %g GPU(s), fewer than %s need; some wait", gpus, replicas.summary())
         log.info("deploying %s of %s", replicas.summary(), settings.model)

@@ -53,7 +53,7 @@ class RemoteJob:
 
     def __init__(self, stream: DeploymentResponseGenerator[Any], accepted: Accepted, board: ReplicaBoard) -> None:
         self.id = accepted.job_id
-        self.worker, self._phase = accepted.replica, accepted.phase
+        self.worker, self._slot, self._phase = accepted.replica, accepted.slot, accepted.phase
         self._stream, self._board = stream, board
         self._stop = asyncio.Event()
         self._stop_reason = ""
@@ -85,7 +85,7 @@ class RemoteJob:
                 event = item.result()
                 last = is_final(event)
                 if last:  # sent once the replica's slot is free again
-                    self._board.report(self.worker, self._phase + 1)
+                    self._board.report_slot(self.worker, self._slot, self._phase + 1)
                 yield event
                 if last:
                     return
@@ -141,7 +141,7 @@ class ReplicaPool:
         if isinstance(first, Refused):
             raise Busy(first.message) if first.busy else InvalidRequest(first.message, field=first.field)
         assert isinstance(first, Accepted), f"unexpected first item from a replica: {first!r}"
-        self._board.report(first.replica, first.phase)
+        self._board.report_slot(first.replica, first.slot, first.phase)
         job = RemoteJob(stream, first, self._board)
         self._relaying = {running for running in self._relaying if not running.ended.is_set()} | {job}
         return job
@@ -169,9 +169,9 @@ class MusicIngress:
         app.add_middleware(DisconnectOnCancel)
         return app
 
-    def report(self, replica: str, phase: int, info: dict[str, Any]) -> None:
-        """Called by each replica on every state change and heartbeat."""
-        self._board.report(replica, phase, info)
+    def report(self, replica: str, phases: list[int], info: dict[str, Any]) -> None:
+        """Called by each replica on every state change and heartbeat: each of its slots' phase."""
+        self._board.report(replica, phases, info)
 
     async def stop_all(self, reason: str, within: float) -> None:
         """Called by `musicgen-api cluster` before it takes the application down."""

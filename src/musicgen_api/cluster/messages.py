@@ -12,7 +12,8 @@ class Accepted:
 
     replica: str
     job_id: str
-    phase: int
+    slot: int  # which of the replica's slots it runs in
+    phase: int  # that slot's phase once started (see board)
 
 
 @dataclass(frozen=True)

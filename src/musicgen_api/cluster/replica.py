@@ -1,8 +1,9 @@
-"""A model replica: one pipeline, one generation slot, on its own GPU, driven over a Ray Serve handle.
+"""A model replica: one pipeline and its generation slots (`--slots`, default one), on its own GPU, driven over a
+Ray Serve handle.
 
-Ray admits one request at a time here (`max_ongoing_requests=1`) and counts the replica free as soon as the
-handler returns, so a handler whose client has gone waits, shielded from further cancellation, until the worker
-thread has really stopped: a replica is never offered new work while a cancelled piece still runs on its GPU.
+Ray admits as many requests at a time here as there are slots (`max_ongoing_requests`) and counts a slot free as
+soon as its handler returns, so a handler whose client has gone waits, shielded from further cancellation, until the
+worker thread has really stopped: a slot is never offered new work while a cancelled piece still runs in it.
 """
 
 import asyncio
@@ -40,17 +41,20 @@ async def _until_stopped(job: JobStream) -> None:
             continue  # cancelled again while waiting: keep waiting, the slot is not free yet
 
 
-class ReplicaSlot:
-    """The replica's one generation slot as Ray drives it: a phase that counts pieces started and stopped (what the
-    heartbeat reports), and a handler that holds on, when cancelled, until the worker has let go."""
+class ReplicaSlots:
+    """The replica's generation slots as Ray drives them: per slot, a phase that counts pieces started and stopped
+    (what the heartbeat reports), and a handler that holds on, when cancelled, until the worker has let go. A slot
+    is numbered here, not by the service, and is taken back only when its handler returns: Ray admits no more
+    handlers than slots, so one is always free for a new handler."""
 
     def __init__(self, service: GenerationService, name: str) -> None:
         self.service, self.name = service, name
-        self.phase = 0
+        self.phases = [0] * service.slots
+        self._free = list(range(service.slots))
         self.changed = asyncio.Event()
 
-    def _next_phase(self) -> None:
-        self.phase += 1
+    def _next_phase(self, slot: int) -> None:
+        self.phases[slot] += 1
         self.changed.set()
 
     async def generate(self, params: GenerationParams) -> AsyncGenerator[Accepted | Refused | Event, None]:
@@ -63,9 +67,10 @@ class ReplicaSlot:
         except Busy as exc:
             yield Refused(str(exc), busy=True)
             return
-        self._next_phase()
+        slot = self._free.pop(0)
+        self._next_phase(slot)
         try:
-            yield Accepted(self.name, job.id, self.phase)
+            yield Accepted(self.name, job.id, slot, self.phases[slot])
             async for event in job.events():
                 yield event
         except (asyncio.CancelledError, GeneratorExit):
@@ -73,17 +78,20 @@ class ReplicaSlot:
             await _until_stopped(job)
             raise
         finally:
-            self._next_phase()
+            self._next_phase(slot)
+            self._free.append(slot)
+            self._free.sort()
 
 
-@serve.deployment(max_ongoing_requests=1)
+@serve.deployment  # max_ongoing_requests: the replica's --slots, set by the deployment plan
 class MusicReplica:
     async def __init__(self, settings: Settings) -> None:  # type: ignore[misc]  # Serve awaits async constructors
         setup_replica_logging(settings)
         pipeline = await asyncio.to_thread(build_pipeline, settings)  # minutes on a GPU: keep the loop answering
         context = serve.get_replica_context()
-        self._slot = ReplicaSlot(GenerationService(pipeline), context.replica_id.unique_id)
-        self._info = pipeline.describe()
+        service = GenerationService(pipeline)
+        self._slot = ReplicaSlots(service, context.replica_id.unique_id)
+        self._info = {key: value for key, value in service.describe().items() if key != "free_slots"}
         self._board = serve.get_deployment_handle(INGRESS_NAME, app_name=context.app_name)
         self._heartbeat = asyncio.create_task(self._beat())
         log.info("replica %s ready: %s", self._slot.name, self._info)
@@ -94,7 +102,8 @@ class MusicReplica:
         while True:
             slot.changed.clear()
             try:
-                await asyncio.wait_for(self._board.report.remote(slot.name, slot.phase, self._info), HEARTBEAT_S * 2)
+                report = self._board.report.remote(slot.name, list(slot.phases), self._info)
+                await asyncio.wait_for(report, HEARTBEAT_S * 2)
             except Exception as exc:  # the ingress is restarting or overloaded: the next beat tries again
                 log.debug("replica %s: heartbeat not delivered: %r", slot.name, exc)
             try:

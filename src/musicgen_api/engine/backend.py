@@ -19,10 +19,17 @@ class CodeGenerator(Protocol):
     channels: int
     dtype: torch.dtype  # the precision its decoder runs in
     quantize: Quantize  # "none", or how its decoder's weights are stored ("int8")
+    slots: int  # generations it decodes at once
 
     def generate(
-        self, params: GenerationParams, progress: Progress, prompt: Tensor | None = None, frames: int | None = None
+        self,
+        params: GenerationParams,
+        progress: Progress,
+        prompt: Tensor | None = None,
+        frames: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
         """Codes [K, frames] (default: the request's duration) for one window, starting with `prompt` [K, P] when
-        given. Calls `progress.advance` as decode steps finish, `progress.frames_ready` as frames settle and
+        given, sampled with noise from `generator` (the request's; a fresh random one when None). Calls
+        `progress.advance` as decode steps finish, `progress.frames_ready` as frames settle and
         `progress.stop_if_cancelled` between them."""

@@ -4,7 +4,8 @@ Same maths and weights as transformers' `MusicgenForCausalLM` (its state dict is
 `from_transformers`; the user never converts anything), laid out the gpt-fast way: a static KV cache written by
 index, cross-attention keys/values computed once per request, fused projections, all codebook embeddings and heads
 as one gather and one matmul, and `forward(tokens, pos, kv_len, ...)` with static shapes so a step can be captured in
-a CUDA graph. Attention reads only the first `kv_len` cache positions (and the text slots the caller passes): a
+a CUDA graph. Every row of the batch has its own positions, so rows of different requests, each at its own point
+of its piece, decode in one step (`--slots`). Attention reads only the first `kv_len` cache positions (and the text slots the caller passes): a
 one-token step is bound by the bytes it reads, and attending over the whole static cache and text buffer cost as
 much as the weights themselves.
 """
@@ -75,10 +76,13 @@ class KVCache(nn.Module):
         self.k.zero_()
         self.v.zero_()
 
-    def update(self, pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        self.k.index_copy_(2, pos, k.to(self.k.dtype))
-        self.v.index_copy_(2, pos, v.to(self.v.dtype))
-        return self.k, self.v
+    def update(self, rows: slice, pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v [B, H, T, D] of cache rows `rows` at their positions pos [B, T]; returns those rows' cache."""
+        keys, values = self.k[rows], self.v[rows]
+        index = pos[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+        keys.scatter_(2, index, k.to(keys.dtype))
+        values.scatter_(2, index, v.to(values.dtype))
+        return keys, values
 
 
 class DecoderLayer(nn.Module):
@@ -112,6 +116,7 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         x: Tensor,
+        rows: slice,
         pos: Tensor,
         kv_len: int,
         self_mask: Tensor,
@@ -121,7 +126,7 @@ class DecoderLayer(nn.Module):
     ) -> Tensor:
         assert self.cache is not None, "call MusicgenDecoder.setup_cache first"
         q, k, v = self.self_qkv(self.self_attn_norm(x)).chunk(3, dim=-1)
-        keys, values = self.cache.update(pos, self.heads(k), self.heads(v))
+        keys, values = self.cache.update(rows, pos, self.heads(k), self.heads(v))
         keys, values = keys[:, :, :kv_len], values[:, :, :kv_len]  # [B, H, kv_len, D]: the positions that exist
         q = self.heads(q).to(keys.dtype)  # attention runs in the cache's precision (see setup_cache)
         h = F.scaled_dot_product_attention(q, keys, values, attn_mask=self_mask)
@@ -145,7 +150,7 @@ class MusicgenDecoder(nn.Module):
         self.layers = cast(list[DecoderLayer], nn.ModuleList(DecoderLayer(a) for _ in range(a.n_layer)))
         self.norm = nn.LayerNorm(a.dim)
         self.heads = nn.Linear(a.dim, a.num_codebooks * a.codebook_size, bias=False)  # all codebooks' heads
-        self.causal: Tensor | None = None
+        self.cache_index: Tensor | None = None  # 0 … length - 1, what the causal mask compares positions with
 
     def setup_cache(self, batch: int, length: int, dtype: torch.dtype | None = None) -> None:
         """Allocate the KV cache and causal mask for `batch` streams of up to `length` positions. `dtype` is the
@@ -156,28 +161,29 @@ class MusicgenDecoder(nn.Module):
             raise ValueError(f"{length} positions exceed the decoder's {a.max_positions}")
         for layer in self.layers:
             layer.cache = KVCache(batch, a.n_head, length, a.head_dim, dtype or p.dtype).to(p.device)
-        self.causal = torch.tril(torch.ones(length, length, dtype=torch.bool, device=p.device))
-
-    def reset_cache(self) -> None:
-        for layer in self.layers:
-            assert layer.cache is not None, "call setup_cache first"
-            layer.cache.reset()
+        self.cache_index = torch.arange(length, device=p.device)
 
     def forward(
-        self, tokens: Tensor, pos: Tensor, kv_len: int, cross_kv: list[tuple[Tensor, Tensor]], cross_mask: Tensor
+        self,
+        tokens: Tensor,
+        pos: Tensor,
+        kv_len: int,
+        cross_kv: list[tuple[Tensor, Tensor]],
+        cross_mask: Tensor,
+        rows: slice = slice(None),
     ) -> Tensor:
-        """tokens [B, K, T] at positions pos [T] → logits [B, K, T, V] (float32), attending to the first `kv_len`
+        """tokens [B, K, T] at positions pos [B, T] → logits [B, K, T, V] (float32), attending to the first `kv_len`
         cache positions (at least max(pos) + 1; more is correct, only masked) and to the text slots of `cross_kv`
-        ([B, H, S, D] each) and `cross_mask` [B, 1, 1, S]."""
-        assert self.causal is not None, "call setup_cache first"
+        ([B, H, S, D] each) and `cross_mask` [B, 1, 1, S]. `rows`: the cache rows these B rows are (default all)."""
+        assert self.cache_index is not None, "call setup_cache first"
         b, k, t = tokens.shape
         x = F.embedding(tokens + self.embed_offsets[None, :, None], self.embed).sum(1)  # [B, T, C]
         if self.args.embed_scale != 1.0:
             x = x * self.args.embed_scale
         x = x + self.positions[pos].to(x.dtype)
-        self_mask = self.causal[None, None, pos, :kv_len]  # [1, 1, T, kv_len]
+        self_mask = (self.cache_index[:kv_len] <= pos[..., None])[:, None]  # [B, 1, T, kv_len]: causal, per row
         for layer, (ck, cv) in zip(self.layers, cross_kv, strict=True):
-            x = layer(x, pos, kv_len, self_mask, ck, cv, cross_mask)
+            x = layer(x, rows, pos, kv_len, self_mask, ck, cv, cross_mask)
         logits = self.heads(self.norm(x)).view(b, t, k, self.args.codebook_size)
         return logits.transpose(1, 2).float()
 

@@ -1,18 +1,22 @@
 """The fast decode loop: text → audio codes, one static-shape step at a time, CUDA-graph replayed on GPU.
 
-Everything a step touches is allocated once, when the engine is built, for the longest request the server accepts:
-the KV cache, the cross-attention keys/values, the delayed token sequence and the sampling parameters. A step reads
-its position from a device tensor and advances it itself, so on CUDA the whole step (decoder, CFG mix, sampling,
-delay pattern) is one graph replay and the host never waits on the GPU except to report progress.
+Everything a step touches is allocated once, when the engine is built, for `slots` of the longest request the
+server accepts: the KV cache, the cross-attention keys/values, the delayed token sequences and the sampling
+parameters, one row pair (conditional, unconditional) per slot. A step reads each slot's position from a device
+tensor and advances it itself, so on CUDA the whole step (decoder, CFG mix, sampling, delay pattern) is one graph
+replay and the host never waits on the GPU except to report progress. The steps are taken by the decode thread
+(`decode_loop`), which batches every running generation into them; with one slot that is one generation at a time.
 
-A step attends only to what exists: the cache positions up to its own and the request's real text tokens. Eager (on
-CPU) it slices exactly; a captured graph has static shapes, so on CUDA one graph is captured per length bucket
-(`Buckets`) and the host, which counts the steps itself, replays the graph of the bucket the position falls in.
+A step attends only to what exists: the cache positions up to the furthest slot's and the real text tokens. Eager
+with one slot (on CPU) it slices exactly; a captured graph has static shapes, so on CUDA one graph is captured per
+length bucket (`Buckets`) and the host, which counts the steps itself, replays the graph of the bucket the
+positions fall in. With several slots the lengths are bucketed on a CPU too: a slot's results then do not depend on
+how far the others are (attention over a different length rounds differently), so a seeded or greedy request gives
+the same codes alone or beside others.
 """
 
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +25,7 @@ from torch import Tensor
 from musicgen_api.config import Quantize
 from musicgen_api.engine.backend import BackendName
 from musicgen_api.engine.conditioning import TextConditioner
+from musicgen_api.engine.decode_loop import DecodeLoop, Mark, Seat
 from musicgen_api.engine.decoder import MusicgenDecoder
 from musicgen_api.engine.delay import (
     complete_frames,
@@ -29,7 +34,7 @@ from musicgen_api.engine.delay import (
     undelay,
     valid_positions,
 )
-from musicgen_api.engine.loading import MusicgenBundle, resolve_attention_dtype
+from musicgen_api.engine.loading import MusicgenBundle, free_memory_bytes, resolve_attention_dtype
 from musicgen_api.engine.quantize import quantize_int8
 from musicgen_api.engine.sampling import sample_next
 from musicgen_api.generation import FRAME_RATE, GenerationParams, Progress, to_frames
@@ -65,6 +70,24 @@ def bucket_sizes(smallest: int, limit: int) -> list[int]:
     return sizes
 
 
+@dataclass(frozen=True)
+class Window:
+    """One window of a generation as it joins the decode loop: everything its slot's buffers are loaded with."""
+
+    params: GenerationParams
+    frames: int  # frames of the window, its prompt included
+    prompt: Tensor | None  # [K, P] codes it starts from
+    cross: list[tuple[Tensor, Tensor]]  # the text's cross-attention keys/values [2, H, text_len, D] per layer
+    text_mask: Tensor  # [S] bool: the description's real tokens
+    text_len: int  # text slots its steps attend to (its tokens, or their bucket)
+    generator: torch.Generator  # its sampling noise
+
+
+# Memory a server keeps free beside the slots' caches: the step's activations, the CUDA graphs, the EnCodec decode,
+# and MultiBand Diffusion's U-Nets (2.3 GB in float16) when they arrive.
+HEADROOM_BYTES = {"cuda": 3 * 2**30, "cpu": 2**30}
+
+
 class FastEngine:
     name: BackendName = "fast"
     supports_prompts = True
@@ -77,10 +100,12 @@ class FastEngine:
         compile_step: bool = False,
         buckets: Buckets | None = None,
         quantize: Quantize = "none",
+        slots: int = 1,
     ) -> None:
-        """`buckets`: round attention lengths up to these buckets (always on CUDA, where each bucket is a captured
-        graph; default `Buckets()` there); without, eager steps attend to exactly what exists. `quantize`: "int8"
-        stores the decoder's matrices as int8 with one scale per output row."""
+        """`buckets`: round attention lengths up to these buckets (default `Buckets()` on CUDA, where each bucket is
+        a captured graph, and with several slots); without, eager steps attend to exactly what exists. `quantize`:
+        "int8" stores the decoder's matrices as int8 with one scale per output row. `slots`: generations that decode
+        together (each has its own caches, allocated here; too many for the device's memory is a ValueError)."""
         config = bundle.decoder_config
         self.bundle, self.conditioner = bundle, conditioner
         self.start_id = bundle.start_token_id
@@ -95,37 +120,65 @@ class FastEngine:
                 f"{config.max_position_embeddings}; use --window {longest} or less"
             )
         device, dtype, dim = bundle.device, bundle.decoder_dtype or bundle.dtype, config.hidden_size
-        self.dtype, self.quantize = dtype, quantize
-        self.decoder = MusicgenDecoder.from_transformers(bundle.take_decoder(), config).to(dtype)
-        if quantize == "int8":
-            quantize_int8(self.decoder)
+        self.dtype, self.quantize, self.slots = dtype, quantize, slots
         self.attention_dtype = resolve_attention_dtype(dtype, device)
-        self.decoder.setup_cache(2, self.length, self.attention_dtype)  # row 0 conditional, row 1 unconditional (CFG)
-        self.buckets = Buckets() if buckets is None and device.type == "cuda" else buckets
         n_head, head_dim, text_len = (
             config.num_attention_heads,
             dim // config.num_attention_heads,
             conditioner.max_tokens,
         )
+        self._check_memory(config.num_hidden_layers * 2 * 2 * n_head * (self.length + text_len) * head_dim)
+        self.decoder = MusicgenDecoder.from_transformers(bundle.take_decoder(), config).to(dtype)
+        if quantize == "int8":
+            quantize_int8(self.decoder)
+        rows = 2 * slots  # slot n: row 2n conditional, row 2n + 1 unconditional (CFG)
+        self.decoder.setup_cache(rows, self.length, self.attention_dtype)
+        self.buckets = Buckets() if buckets is None and (device.type == "cuda" or slots > 1) else buckets
         self.cross = [
-            (torch.zeros(2, n_head, text_len, head_dim, device=device, dtype=self.attention_dtype),
-             torch.zeros(2, n_head, text_len, head_dim, device=device, dtype=self.attention_dtype))
+            (torch.zeros(rows, n_head, text_len, head_dim, device=device, dtype=self.attention_dtype),
+             torch.zeros(rows, n_head, text_len, head_dim, device=device, dtype=self.attention_dtype))
             for _ in range(config.num_hidden_layers)
         ]  # fmt: skip
-        self.cross_mask = torch.zeros(2, 1, 1, text_len, dtype=torch.bool, device=device)
-        self.text_len = text_len  # cross-attention slots the current request attends to (its tokens, or their bucket)
-        self.sequence = torch.full((1, self.num_codebooks, self.length), self.start_id, device=device)
-        self.valid = torch.zeros(self.num_codebooks, self.length, dtype=torch.bool, device=device)
-        self.forced = torch.zeros(self.num_codebooks, self.length, dtype=torch.bool, device=device)  # prompt slots
-        self.pos = torch.zeros(1, dtype=torch.long, device=device)
-        self.cfg_coef = torch.tensor(3.0, device=device)
-        self.temperature = torch.tensor(1.0, device=device)
-        self.top_k = torch.tensor(250, device=device)
-        self.top_p = torch.tensor(0.0, device=device)
+        self.cross_mask = torch.zeros(rows, 1, 1, text_len, dtype=torch.bool, device=device)
+        self.cross_mask[..., 0] = True  # an idle slot attends to one (zero) slot: finite, never a fully masked row
+        k, length = self.num_codebooks, self.length
+        self.sequence = torch.full((slots, k, length), self.start_id, device=device)
+        self.valid = torch.zeros(slots, k, length, dtype=torch.bool, device=device)
+        self.forced = torch.zeros(slots, k, length, dtype=torch.bool, device=device)  # prompt slots
+        self.pos = torch.zeros(slots, dtype=torch.long, device=device)
+        self.active = torch.zeros(slots, dtype=torch.bool, device=device)  # slots the steps advance
+        self.cfg_coef = torch.full((slots, 1, 1), 3.0, device=device)
+        self.temperature = torch.ones(slots, 1, 1, device=device)
+        self.top_k = torch.full((slots, 1, 1), 250, device=device)
+        self.top_p = torch.zeros(slots, 1, 1, device=device)
+        self.race = torch.ones(slots, k, self.decoder.args.codebook_size, device=device)  # each step's Exp(1) noise
         self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # (kv_len, text_len) → the step captured
-        self.step = self._step
+        self.step_fn = self._step
+        self.chunk = 1  # steps between marks: eager steps are done when they return
         if device.type == "cuda":
             self._capture(compile_step)
+            self.chunk = PROGRESS_EVERY
+        self.loop: DecodeLoop[Window] = DecodeLoop(self, slots)
+
+    def _check_memory(self, elements_per_slot: int) -> None:
+        """Refuse, before allocating anything, more slots than the device's free memory holds beside the rest."""
+        per_slot = elements_per_slot * torch.finfo(self.attention_dtype).bits // 8
+        device = self.bundle.device
+        usable = free_memory_bytes(device) - HEADROOM_BYTES.get(device.type, 2**30)
+        fits = max(0, usable // per_slot)
+        log.info(
+            "%d slot(s) of %d positions: %.0f MiB of KV cache (%.1f MiB per slot)",
+            self.slots,
+            self.length,
+            self.slots * per_slot / 2**20,
+            per_slot / 2**20,
+        )
+        if self.slots > fits:
+            fit = f"the largest that fits is --slots {fits}" if fits else "not even one fits; use a shorter --window"
+            raise ValueError(
+                f"--slots {self.slots} needs {self.slots * per_slot / 2**30:.1f} GiB of KV cache and {device} has "
+                f"{max(usable, 0) / 2**30:.1f} GiB free beside the model; {fit}"
+            )
 
     def attended(self, pos: int) -> int:
         """Cache positions the step at `pos` reads: 0 … pos, rounded up to its bucket when bucketing."""
@@ -143,18 +196,18 @@ class FastEngine:
             # Inductor fuses the step's many small kernels (norms, residual adds, sampling); the graphs then replay
             # the fused kernels. The lengths are Python ints, so a new bucket recompiles; after the second, dynamo
             # treats them as symbolic and the remaining buckets reuse that compilation.
-            self.step = torch.compile(self._step, fullgraph=True)
+            self.step_fn = torch.compile(self._step, fullgraph=True)
             try:
                 self._record_all()
             except Exception:
                 log.warning("torch.compile failed; capturing the uncompiled decode step instead", exc_info=True)
-                self.step = self._step
+                self.step_fn = self._step
                 self.graphs.clear()
         if not self.graphs:
             self._record_all()
         seconds = time.perf_counter() - started
         used = (free_before - torch.cuda.mem_get_info()[0]) / 2**20
-        compiled = " (compiled)" if self.step is not self._step else ""
+        compiled = " (compiled)" if self.step_fn is not self._step else ""
         log.info(
             "captured the decode step%s in %d CUDA graphs (KV lengths %s × text lengths %s) in %.1f s, using %.0f MiB",
             compiled,
@@ -167,19 +220,25 @@ class FastEngine:
 
     @torch.no_grad()
     def _step(self, kv_len: int, text_len: int) -> None:
-        """Decode position pos, write the sampled tokens at pos + 1 (pad where the delay pattern says) and advance.
-        Attends to the first `kv_len` cache positions (> pos) and the first `text_len` text slots."""
-        tokens = self.sequence.index_select(2, self.pos).expand(2, -1, -1)  # [2, K, 1]
-        cross = [(k[:, :, :text_len], v[:, :, :text_len]) for k, v in self.cross]
-        logits = self.decoder(tokens, self.pos, kv_len, cross, self.cross_mask[..., :text_len])[:, :, 0]  # [2, K, V]
-        sampled = sample_next(logits[:1], logits[1:], self.cfg_coef, self.temperature, self.top_k, self.top_p)
-        nxt = self.pos + 1
-        keep = self.valid.index_select(1, nxt).T  # [1, K]
-        sampled = torch.where(keep, sampled, self.start_id)
-        known = self.forced.index_select(1, nxt).T  # [1, K]: the delayed tail of a prompt is kept, not sampled
-        sampled = torch.where(known, self.sequence.index_select(2, nxt)[..., 0], sampled)
-        self.sequence.index_copy_(2, nxt, sampled[..., None])
-        self.pos.copy_(nxt)
+        """Decode every slot's position, write the sampled tokens one position on (pad where the delay pattern says)
+        and advance the active slots. Attends to the first `kv_len` cache positions (> every active position) and
+        the first `text_len` text slots; parked slots compute too (static shapes) but change nothing."""
+        slots, k = self.pos.shape[0], self.num_codebooks
+        at = self.pos[:, None, None].expand(slots, k, 1)
+        tokens = self.sequence.gather(2, at).repeat_interleave(2, dim=0)  # [2N, K, 1]
+        positions = self.pos.repeat_interleave(2)[:, None]  # [2N, 1]
+        cross = [(ck[:, :, :text_len], cv[:, :, :text_len]) for ck, cv in self.cross]
+        logits = self.decoder(tokens, positions, kv_len, cross, self.cross_mask[..., :text_len])[:, :, 0]  # [2N, K, V]
+        sampled = sample_next(
+            logits[0::2], logits[1::2], self.cfg_coef, self.temperature, self.top_k, self.top_p, self.race
+        )  # [N, K]
+        nxt = (self.pos + 1).clamp_max(self.length - 1)  # a parked slot may sit at the last position
+        at = nxt[:, None, None].expand(slots, k, 1)
+        sampled = torch.where(self.valid.gather(2, at)[..., 0], sampled, self.start_id)
+        kept = self.forced.gather(2, at)[..., 0] | ~self.active[:, None]  # a prompt's delayed tail; parked slots
+        sampled = torch.where(kept, self.sequence.gather(2, at)[..., 0], sampled)
+        self.sequence.scatter_(2, at, sampled[..., None])
+        self.pos.copy_(torch.where(self.active, nxt, self.pos))
 
     def _record_all(self) -> None:
         """One graph per bucket pair, all in one memory pool: replays never overlap and every step writes its
@@ -191,103 +250,120 @@ class FastEngine:
                 self.graphs[kv_len, text_len] = self._record(kv_len, text_len)
 
     def _record(self, kv_len: int, text_len: int) -> torch.cuda.CUDAGraph:
-        self.cross_mask[..., 0] = True  # warm up on a well-formed input: no fully masked attention row
         self.pos.zero_()  # the warm-up steps advance it; keep them inside the cache
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):
-                self.step(kv_len, text_len)
+                self.step_fn(kv_len, text_len)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            self.step(kv_len, text_len)
+            self.step_fn(kv_len, text_len)
         torch.cuda.synchronize()
         return graph
 
     @torch.no_grad()
-    def _prepare(self, params: GenerationParams, frames: int, prompt: Tensor | None) -> int:
-        """Load one window into the static buffers and prefill its prompt; returns the first decode position."""
+    def _window(
+        self, params: GenerationParams, frames: int, prompt: Tensor | None, generator: torch.Generator
+    ) -> Window:
+        """Encode the description and its cross-attention keys/values (on the worker's thread, beside the steps)."""
         hidden, mask = self.conditioner.encode(params.description)  # [1, S, C], [1, S]
         s = hidden.shape[1]
-        limit = self.conditioner.max_tokens
-        self.text_len = s if self.buckets is None else bucket(s, self.buckets.text, limit)
-        text = torch.zeros(2, self.text_len, hidden.shape[-1], device=hidden.device, dtype=self.dtype)
+        text_len = s if self.buckets is None else bucket(s, self.buckets.text, self.conditioner.max_tokens)
+        text = torch.zeros(2, text_len, hidden.shape[-1], device=hidden.device, dtype=self.dtype)
         text[0, :s] = hidden[0]  # the unconditional stream sees zeros, as in MusicGen's CFG
-        for (k_buf, v_buf), (k, v) in zip(self.cross, self.decoder.cross_keys_values(text), strict=True):
-            k_buf[:, :, : self.text_len].copy_(k)
-            v_buf[:, :, : self.text_len].copy_(v)
-        self.cross_mask.zero_()
-        self.cross_mask[:, 0, 0, :s] = mask[0]
-        self.valid.copy_(valid_positions(frames, self.length, self.num_codebooks, self.channels))
-        self.sequence.fill_(self.start_id)
-        self.forced.zero_()
-        self.decoder.reset_cache()
-        self.cfg_coef.fill_(params.cfg_coef)
-        self.temperature.fill_(params.temperature)
-        self.top_k.fill_(min(params.top_k, self.decoder.args.codebook_size))
-        self.top_p.fill_(params.top_p)
-        given = 0 if prompt is None else prompt.shape[1]
-        if prompt is not None and given:
+        return Window(params, frames, prompt, self.decoder.cross_keys_values(text), mask[0], text_len, generator)
+
+    @torch.no_grad()
+    def install(self, seat: Seat[Window]) -> None:
+        """Load the window into its slot's buffers and prefill its prompt (on the decode thread, between steps)."""
+        w, n = seat.request, seat.index
+        rows = slice(2 * n, 2 * n + 2)
+        for (k_buf, v_buf), (k, v) in zip(self.cross, w.cross, strict=True):
+            k_buf[rows, :, : w.text_len].copy_(k)
+            v_buf[rows, :, : w.text_len].copy_(v)
+        self.cross_mask[rows] = False
+        self.cross_mask[rows, 0, 0, : w.text_mask.shape[0]] = w.text_mask
+        for layer in self.decoder.layers:
+            assert layer.cache is not None
+            layer.cache.k[rows].zero_()  # stale values are masked, but 0 × NaN would still be NaN
+            layer.cache.v[rows].zero_()
+        self.valid[n] = valid_positions(w.frames, self.length, self.num_codebooks, self.channels)
+        self.sequence[n] = self.start_id
+        self.forced[n] = False
+        self.cfg_coef[n] = w.params.cfg_coef
+        self.temperature[n] = w.params.temperature
+        self.top_k[n] = min(w.params.top_k, self.decoder.args.codebook_size)
+        self.top_p[n] = w.params.top_p
+        given = seat.first
+        if w.prompt is not None and given:
             slots = delayed_positions(given, self.num_codebooks, self.channels).to(self.sequence.device)
-            self.sequence[0].scatter_(1, slots, prompt.to(self.sequence.device))
-            self.forced.scatter_(1, slots, True)
-            tokens = self.sequence[:, :, :given].expand(2, -1, -1)  # positions 0 .. P-1, all known
-            cross = [(k[:, :, : self.text_len], v[:, :, : self.text_len]) for k, v in self.cross]
-            positions = torch.arange(given, device=tokens.device)
-            self.decoder(tokens, positions, self.attended(given - 1), cross, self.cross_mask[..., : self.text_len])
-        self.pos.fill_(given)
-        return given
+            self.sequence[n].scatter_(1, slots, w.prompt.to(self.sequence.device))
+            self.forced[n].scatter_(1, slots, True)
+            tokens = self.sequence[n : n + 1, :, :given].expand(2, -1, -1)  # positions 0 .. P-1, all known
+            cross = [(k[rows, :, : w.text_len], v[rows, :, : w.text_len]) for k, v in self.cross]
+            positions = torch.arange(given, device=tokens.device).expand(2, -1)
+            mask = self.cross_mask[rows, ..., : w.text_len]
+            self.decoder(tokens, positions, self.attended(given - 1), cross, mask, rows=rows)
+        self.pos[n] = given
+        self.active[n] = True
+
+    def step(self, running: list[Seat[Window]]) -> None:
+        """One step of every running window: the bucket the furthest position and the longest text fall in."""
+        kv_len = self.attended(max(seat.position for seat in running))
+        text_len = max(seat.request.text_len for seat in running)
+        for seat in running:
+            self.race[seat.index].exponential_(1, generator=seat.request.generator)
+        if self.graphs:
+            self.graphs[kv_len, text_len].replay()
+        else:
+            self.step_fn(kv_len, text_len)
+
+    def park(self, seat: Seat[Window]) -> None:
+        self.active[seat.index] = False
+
+    def mark(self) -> Mark | None:
+        if not self.graphs:
+            return None
+        event = torch.cuda.Event()
+        event.record()
+        return event
 
     def generate(
-        self, params: GenerationParams, progress: Progress, prompt: Tensor | None = None, frames: int | None = None
+        self,
+        params: GenerationParams,
+        progress: Progress,
+        prompt: Tensor | None = None,
+        frames: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
         frames = params.frames if frames is None else frames
         if frames > self.max_frames:
             raise ValueError(f"{frames} frames are longer than this engine's window of {self.max_frames}")
-        first = self._prepare(params, frames, prompt)
+        if generator is None:
+            generator = torch.Generator(self.bundle.device)
+            generator.seed()
+        first = 0 if prompt is None else prompt.shape[1]
         steps = sequence_length(frames, self.num_codebooks, self.channels) - 1 - first
-        self._settled(progress, first, frames, first)  # the prompt's frames
-        if not self.graphs:
-            for t in range(steps):
-                self.step(self.attended(first + t), self.text_len)
-                progress.advance(1)
-                self._settled(progress, first + t + 1, frames, first)
+        seat = Seat(self._window(params, frames, prompt, generator), first, steps)
+        self.loop.join(seat)
+        try:
+            self._settled(progress, seat.index, first, frames, first)  # the prompt's frames
+            done = 0
+            while done < steps:
+                now = self.loop.wait(seat, done)
+                progress.advance(now - done)
+                done = now
+                self._settled(progress, seat.index, first + done, frames, first)
                 progress.stop_if_cancelled()
-        else:
-            self._replay(first, steps, frames, progress)
-        return undelay(self.sequence[0], frames, self.channels)
+            return undelay(self.sequence[seat.index], frames, self.channels).clone()
+        finally:
+            self.loop.leave(seat)
 
-    def _settled(self, progress: Progress, last_position: int, frames: int, given: int) -> None:
-        """Tell `progress` which frames are final once the sequence is written up to `last_position` (the `given`
-        prompt frames are, whole, from the start)."""
+    def _settled(self, progress: Progress, slot: int, last_position: int, frames: int, given: int) -> None:
+        """Tell `progress` which frames are final once the slot's sequence is written up to `last_position` (the
+        `given` prompt frames are, whole, from the start)."""
         complete = max(given, complete_frames(last_position, frames, self.num_codebooks, self.channels))
-        progress.frames_ready(complete, lambda start: undelay(self.sequence[0], complete, self.channels)[:, start:])
-
-    def _replay(self, first: int, steps: int, frames: int, progress: Progress) -> None:
-        """Keep one chunk of steps queued on the GPU while reporting the chunk before it; the host counts positions
-        itself, so choosing each step's graph never waits on the GPU."""
-        in_flight: deque[tuple[torch.cuda.Event, int]] = deque()
-        chunk, done = 0, 0
-        for t in range(steps):
-            self.graphs[self.attended(first + t), self.text_len].replay()
-            chunk += 1
-            if chunk < PROGRESS_EVERY and t + 1 != steps:
-                continue
-            mark = torch.cuda.Event()
-            mark.record()
-            in_flight.append((mark, chunk))
-            chunk = 0
-            if len(in_flight) > 1:
-                event, finished = in_flight.popleft()
-                event.synchronize()
-                done += finished
-                progress.advance(finished)
-                self._settled(progress, first + done, frames, first)
-                progress.stop_if_cancelled()
-        for event, finished in in_flight:
-            event.synchronize()
-            done += finished
-            progress.advance(finished)
-            self._settled(progress, first + done, frames, first)
-            progress.stop_if_cancelled()
+        sequence = self.sequence[slot]
+        progress.frames_ready(complete, lambda start: undelay(sequence, complete, self.channels)[:, start:])

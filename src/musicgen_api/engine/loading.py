@@ -119,6 +119,15 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def free_memory_bytes(device: torch.device) -> int:
+    """Memory free for new tensors on `device`: the GPU's free memory, or the machine's available memory on a CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    with open("/proc/meminfo") as meminfo:  # Linux, where the server runs; MemAvailable counts reclaimable cache
+        fields = dict(line.split(":", 1) for line in meminfo)
+    return int(fields["MemAvailable"].split()[0]) * 1024
+
+
 def resolve_attention_dtype(decoder_dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """The precision of the fast decoder's KV cache and attention: float32 on a CPU (PyTorch's CPU attention for a
     one-token query is several times faster in float32 than in bfloat16, measured at 0.26 against 1.6 ms per layer

@@ -62,13 +62,15 @@ def generate_long(
     window: int,
     stride: int,
     prompt: Tensor | None = None,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Codes [K, total_frames], starting with `prompt` [K, P] when given; every window counts its steps into the same
-    `progress`, whose total is `total_steps`, and reports settled frames counted from the start of the piece."""
+    `progress`, whose total is `total_steps`, and reports settled frames counted from the start of the piece. The
+    windows draw their noise from one `generator`, one stream for the whole piece."""
     codes = prompt if prompt is not None else torch.empty(engine.num_codebooks, 0, dtype=torch.long)
     for keep, new in plan_windows(total_frames, codes.shape[1], window, stride):
         context = codes[:, codes.shape[1] - keep :] if keep else None
         in_piece = _Window(progress, codes.shape[1] - keep)
-        out = engine.generate(params, in_piece, prompt=context, frames=keep + new)
+        out = engine.generate(params, in_piece, prompt=context, frames=keep + new, generator=generator)
         codes = torch.cat([codes.to(out.device), out[:, keep:]], dim=1)
     return codes

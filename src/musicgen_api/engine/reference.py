@@ -42,6 +42,7 @@ class TransformersEngine:
     name: BackendName = "transformers"
     supports_prompts = False  # one window from the text alone: no long pieces, no continuations
     quantize: Quantize = "none"
+    slots = 1  # transformers' generate runs one request at a time
 
     def __init__(self, bundle: MusicgenBundle, conditioner: TextConditioner) -> None:
         self.bundle, self.conditioner = bundle, conditioner
@@ -50,11 +51,19 @@ class TransformersEngine:
 
     @torch.no_grad()
     def generate(
-        self, params: GenerationParams, progress: Progress, prompt: Tensor | None = None, frames: int | None = None
+        self,
+        params: GenerationParams,
+        progress: Progress,
+        prompt: Tensor | None = None,
+        frames: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Codes [K, frames], sampled by transformers with the same parameters mapped to its names."""
+        """Codes [K, frames], sampled by transformers with the same parameters mapped to its names. transformers
+        draws from the global generator, so `generator`'s seed seeds that (one request at a time: `slots` is 1)."""
         if prompt is not None:
             raise ValueError("the transformers backend does not continue prompts")
+        if generator is not None:
+            torch.manual_seed(generator.initial_seed())
         frames = params.frames if frames is None else frames
         channels = self.bundle.audio_channels
         steps = sequence_length(frames, self.bundle.num_codebooks, channels) - 1
