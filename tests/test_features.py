@@ -48,8 +48,10 @@ def test_each_window_continues_exactly_from_the_last(mono_model: pathlib.Path) -
     calls: list[tuple[torch.Tensor | None, torch.Tensor]] = []
     real = engine.generate
 
-    def spy(params: GenerationParams, progress: Any, prompt: Any = None, frames: Any = None) -> torch.Tensor:
-        out = real(params, progress, prompt=prompt, frames=frames)
+    def spy(
+        params: GenerationParams, progress: Any, prompt: Any = None, frames: Any = None, generator: Any = None
+    ) -> torch.Tensor:
+        out = real(params, progress, prompt=prompt, frames=frames, generator=generator)
         calls.append((None if prompt is None else prompt.clone(), out.clone()))
         return out
 

@@ -335,50 +335,57 @@ def bench_slots(name: str, args: argparse.Namespace, out: Any) -> None:
     threads as the service runs them; throughput (seconds of audio per second) and each request's latency, against
     the one-slot figures of the same run."""
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
     solo: dict[str, float] = {}
     for slots in sorted(args.slots):
-        model = build_random_musicgen(name, device=str(device), dtype=dtype)
-        bundle = MusicgenBundle(model=model, tokenizer=build_tokenizer(), device=device, dtype=dtype,
-                                decoder_dtype=resolve_decoder_dtype(args.dtype, device))  # fmt: skip
-        conditioner = TextConditioner(bundle, max_tokens=args.text_tokens)
         try:
-            startup, engine = timed(device, lambda: FastEngine(bundle, conditioner, min(args.duration, 30),
-                                    compile_step=device.type == "cuda", slots=slots))  # fmt: skip
+            figures = slots_run(name, slots, args)
         except ValueError as exc:  # more slots than the device holds
             emit({"model": name, "device": str(device), "slots": slots, "error": str(exc)}, out)
             break
-        pipeline = MusicPipeline(bundle, engine, conditioner, window=min(args.duration, 30))
-        requests = [GenerationParams(f"{PROMPT}, take {i}", args.duration, seed=i) for i in range(slots)]
-        latencies = [0.0] * slots
-
-        def render(i: int) -> None:
-            started = time.perf_counter()
-            pipeline.render(requests[i], Unwatched())
-            sync(device)
-            latencies[i] = time.perf_counter() - started
-
-        def all_at_once() -> None:
-            threads = [threading.Thread(target=render, args=(i,)) for i in range(slots)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-
-        all_at_once()  # warm-up: the same lengths, every bucket, every slot
-        wall, _ = timed(device, all_at_once)
-        throughput = slots * args.duration / wall
-        latency = statistics.median(latencies)
-        solo = solo or {"throughput": throughput, "latency": latency}
+        solo = solo or figures
+        ratios = {"throughput_vs_1_slot": figures["audio_s_per_s"] / solo["audio_s_per_s"],
+                  "latency_vs_1_slot": figures["latency_median_s"] / solo["latency_median_s"]}  # fmt: skip
         emit({"model": name, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-              "backend": "fast-slots", "slots": slots, "audio_seconds": args.duration, "wall_s": wall,
-              "audio_s_per_s": throughput, "latency_median_s": latency, "latency_max_s": max(latencies),
-              "throughput_vs_1_slot": throughput / solo["throughput"] if 1 in args.slots else None,
-              "latency_vs_1_slot": latency / solo["latency"] if 1 in args.slots else None,
-              "startup_s": startup, "graphs": len(engine.graphs), **memory_gib()}, out)  # fmt: skip
-        del pipeline, engine, bundle, conditioner, model
+              "backend": "fast-slots", "slots": slots, "audio_seconds": args.duration, **figures,
+              **(ratios if 1 in args.slots else {}), **memory_gib()}, out)  # fmt: skip
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def slots_run(name: str, slots: int, args: argparse.Namespace) -> dict[str, float]:
+    """One engine of `slots` slots on fresh random weights: a warm-up round, then a timed one."""
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    model = build_random_musicgen(name, device=str(device), dtype=dtype)
+    bundle = MusicgenBundle(model=model, tokenizer=build_tokenizer(), device=device, dtype=dtype,
+                            decoder_dtype=resolve_decoder_dtype(args.dtype, device))  # fmt: skip
+    conditioner = TextConditioner(bundle, max_tokens=args.text_tokens)
+    window = min(args.duration, 30)
+    startup, engine = timed(
+        device, lambda: FastEngine(bundle, conditioner, window, compile_step=device.type == "cuda", slots=slots)
+    )
+    pipeline = MusicPipeline(bundle, engine, conditioner, window=window)
+    requests = [GenerationParams(f"{PROMPT}, take {i}", args.duration, seed=i) for i in range(slots)]
+    latencies = [0.0] * slots
+
+    def render(i: int) -> None:
+        started = time.perf_counter()
+        pipeline.render(requests[i], Unwatched())
+        sync(device)
+        latencies[i] = time.perf_counter() - started
+
+    def all_at_once() -> None:
+        threads = [threading.Thread(target=render, args=(i,)) for i in range(slots)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    all_at_once()  # warm-up: the same lengths, every bucket, every slot
+    wall, _ = timed(device, all_at_once)
+    return {"wall_s": wall, "audio_s_per_s": slots * args.duration / wall,
+            "latency_median_s": statistics.median(latencies), "latency_max_s": max(latencies),
+            "startup_s": startup, "graphs": len(engine.graphs)}  # fmt: skip
 
 
 def bench_mbd(args: argparse.Namespace, out: Any) -> None:

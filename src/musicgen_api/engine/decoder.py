@@ -5,9 +5,9 @@ Same maths and weights as transformers' `MusicgenForCausalLM` (its state dict is
 index, cross-attention keys/values computed once per request, fused projections, all codebook embeddings and heads
 as one gather and one matmul, and `forward(tokens, pos, kv_len, ...)` with static shapes so a step can be captured in
 a CUDA graph. Every row of the batch has its own positions, so rows of different requests, each at its own point
-of its piece, decode in one step (`--slots`). Attention reads only the first `kv_len` cache positions (and the text slots the caller passes): a
-one-token step is bound by the bytes it reads, and attending over the whole static cache and text buffer cost as
-much as the weights themselves.
+of its piece, decode in one step (`--slots`). Attention reads only the first `kv_len` cache positions (and the text
+slots the caller passes): a one-token step is bound by the bytes it reads, and attending over the whole static
+cache and text buffer cost as much as the weights themselves.
 """
 
 import math

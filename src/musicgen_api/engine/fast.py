@@ -4,8 +4,8 @@ Everything a step touches is allocated once, when the engine is built, for `slot
 server accepts: the KV cache, the cross-attention keys/values, the delayed token sequences and the sampling
 parameters, one row pair (conditional, unconditional) per slot. A step reads each slot's position from a device
 tensor and advances it itself, so on CUDA the whole step (decoder, CFG mix, sampling, delay pattern) is one graph
-replay and the host never waits on the GPU except to report progress. The steps are taken by the decode thread
-(`decode_loop`), which batches every running generation into them; with one slot that is one generation at a time.
+replay and the host never waits on the GPU except to report progress. The steps are taken by `decode_loop`, which
+batches every running generation into them; with one slot that is one generation at a time.
 
 A step attends only to what exists: the cache positions up to the furthest slot's and the real text tokens. Eager
 with one slot (on CPU) it slices exactly; a captured graph has static shapes, so on CUDA one graph is captured per
@@ -267,7 +267,7 @@ class FastEngine:
     def _window(
         self, params: GenerationParams, frames: int, prompt: Tensor | None, generator: torch.Generator
     ) -> Window:
-        """Encode the description and its cross-attention keys/values (on the worker's thread, beside the steps)."""
+        """Encode the description and its cross-attention keys/values (on the worker's own thread, before it joins)."""
         hidden, mask = self.conditioner.encode(params.description)  # [1, S, C], [1, S]
         s = hidden.shape[1]
         text_len = s if self.buckets is None else bucket(s, self.buckets.text, self.conditioner.max_tokens)
@@ -277,7 +277,7 @@ class FastEngine:
 
     @torch.no_grad()
     def install(self, seat: Seat[Window]) -> None:
-        """Load the window into its slot's buffers and prefill its prompt (on the decode thread, between steps)."""
+        """Load the window into its slot's buffers and prefill its prompt (by the loop's leader, between steps)."""
         w, n = seat.request, seat.index
         rows = slice(2 * n, 2 * n + 2)
         for (k_buf, v_buf), (k, v) in zip(self.cross, w.cross, strict=True):
@@ -352,7 +352,7 @@ class FastEngine:
             self._settled(progress, seat.index, first, frames, first)  # the prompt's frames
             done = 0
             while done < steps:
-                now = self.loop.wait(seat, done)
+                now = self.loop.advance(seat, done)
                 progress.advance(now - done)
                 done = now
                 self._settled(progress, seat.index, first + done, frames, first)

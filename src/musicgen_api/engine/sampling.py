@@ -32,6 +32,6 @@ def sample_next(
     in_nucleus = (sorted_probs.cumsum(-1) - sorted_probs) <= top_p  # audiocraft keeps the token that crosses top_p
     keep = torch.where(top_p > 0, in_nucleus, in_top_k)
     kept = sorted_probs * keep
-    choice = torch.argmax(kept / race.clamp_min(torch.finfo(kept.dtype).tiny), dim=-1, keepdim=True)  # [B, K, 1] index into the sorted order
+    race = race.clamp_min(torch.finfo(kept.dtype).tiny)
+    choice = torch.argmax(kept / race, dim=-1, keepdim=True)  # [B, K, 1] index into the sorted order
     return order.gather(-1, choice).squeeze(-1)
-
