@@ -18,10 +18,11 @@ import requests
 
 from musicgen_api.cluster.board import STALE_AFTER_S, ReplicaBoard
 from musicgen_api.cluster.deploy import plan
+from musicgen_api.cluster.messages import Refused
 from musicgen_api.cluster.replica import Accepted, ReplicaSlots
 from musicgen_api.config import ClusterSettings
 from musicgen_api.generation import GenerationParams, JobControl, RenderedAudio
-from musicgen_api.service import GenerationService
+from musicgen_api.service import Completed, GenerationService
 from tests.conftest import OFFLINE_ENV, free_port
 from tests.pools import ask, ask_together, assert_full_pool_refuses, health, leave_mid_stream, wait_until
 from tests.test_api import decode_wav, run_spec_python_client, stream_events
@@ -232,6 +233,53 @@ def test_cancelled_replica_handler_returns_only_after_the_worker_stopped() -> No
         with pytest.raises(asyncio.CancelledError):
             await handler
         assert not service.busy and slot.phases == [2]
+
+    asyncio.run(scenario())
+    service.shutdown()
+
+
+class Held:
+    """A renderer of `slots` slots whose pieces run until the test lets them end."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.started, self.may_end = threading.Semaphore(0), threading.Event()
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    def check(self, params: GenerationParams) -> None:
+        pass
+
+    def render(self, params: GenerationParams, job: JobControl) -> RenderedAudio:
+        job.report(0.01)
+        self.started.release()
+        self.may_end.wait(30)
+        return RenderedAudio(b"", "wav", "audio/wav", 32000, 1, 1.0, 0)
+
+
+def test_replica_slots_number_each_piece_and_refuse_beyond_them() -> None:
+    """A replica of two slots: two pieces at once, each in its own numbered slot with its own phase; a third is
+    refused as busy; once both end, both phases are even again."""
+    renderer = Held(slots=2)
+    service = GenerationService(renderer)
+    slots = ReplicaSlots(service, "r1")
+
+    async def scenario() -> None:
+        async def first_items() -> list[Any]:
+            return [item async for item in slots.generate(GenerationParams("x", 1))]
+
+        pieces = [asyncio.create_task(first_items()) for _ in range(2)]
+        for _ in range(2):
+            await asyncio.to_thread(renderer.started.acquire, True, 10)
+        refused = [item async for item in slots.generate(GenerationParams("x", 1))]
+        assert isinstance(refused[0], Refused) and refused[0].busy
+        assert slots.phases == [1, 1]
+        renderer.may_end.set()
+        done = await asyncio.gather(*pieces)
+        assert sorted(items[0].slot for items in done) == [0, 1]
+        assert all(isinstance(items[-1], Completed) for items in done)
+        assert slots.phases == [2, 2]
 
     asyncio.run(scenario())
     service.shutdown()
