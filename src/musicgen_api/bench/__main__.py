@@ -291,15 +291,21 @@ class _FirstAudio(Unwatched):
         self.chunks.append(chunk)
 
 
-def bench_stream(name: str, args: argparse.Namespace, out: Any) -> None:
-    """`stream_audio`: time to first audio, what the chunk decodes add, and how the joined chunks compare with the
-    finished piece (levels left alone) on this model's codec."""
+def served_model(name: str, args: argparse.Namespace) -> tuple[MusicgenBundle, TextConditioner]:
+    """Fresh random weights of `name`'s shape, in the precisions a server started with --dtype would use."""
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     model = build_random_musicgen(name, device=str(device), dtype=dtype)
     bundle = MusicgenBundle(model=model, tokenizer=build_tokenizer(), device=device, dtype=dtype,
                             decoder_dtype=resolve_decoder_dtype(args.dtype, device))  # fmt: skip
-    conditioner = TextConditioner(bundle, max_tokens=args.text_tokens)
+    return bundle, TextConditioner(bundle, max_tokens=args.text_tokens)
+
+
+def bench_stream(name: str, args: argparse.Namespace, out: Any) -> None:
+    """`stream_audio`: time to first audio, what the chunk decodes add, and how the joined chunks compare with the
+    finished piece (levels left alone) on this model's codec."""
+    bundle, conditioner = served_model(name, args)
+    device = bundle.device
     engine = FastEngine(bundle, conditioner, min(args.duration, 30), compile_step=device.type == "cuda")
     pipeline = MusicPipeline(bundle, engine, conditioner)
     plain = GenerationParams(PROMPT, args.duration, seed=0, normalization="none")
@@ -354,12 +360,8 @@ def bench_slots(name: str, args: argparse.Namespace, out: Any) -> None:
 
 def slots_run(name: str, slots: int, args: argparse.Namespace) -> dict[str, float]:
     """One engine of `slots` slots on fresh random weights: a warm-up round, then a timed one."""
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    model = build_random_musicgen(name, device=str(device), dtype=dtype)
-    bundle = MusicgenBundle(model=model, tokenizer=build_tokenizer(), device=device, dtype=dtype,
-                            decoder_dtype=resolve_decoder_dtype(args.dtype, device))  # fmt: skip
-    conditioner = TextConditioner(bundle, max_tokens=args.text_tokens)
+    bundle, conditioner = served_model(name, args)
+    device = bundle.device
     window = min(args.duration, 30)
     startup, engine = timed(
         device, lambda: FastEngine(bundle, conditioner, window, compile_step=device.type == "cuda", slots=slots)
