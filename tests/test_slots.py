@@ -30,6 +30,7 @@ from musicgen_api.generation import GenerationCancelled, GenerationParams, Unwat
 from musicgen_api.pipeline import build_pipeline
 from tests.conftest import MBD_FIXTURE, OFFLINE_ENV, Recorder, Server, ServerFactory, serve_command
 from tests.test_api import stream_events, wait_healthy
+from tests.test_client_cli import run_cli
 
 REQUESTS = [  # different descriptions, durations, sampling parameters and seeds; the first is greedy
     (GenerationParams("calm piano", 2, top_k=1), 0),
@@ -167,6 +168,11 @@ def test_too_many_slots_are_refused_with_the_largest_that_fits(mono_model: pathl
     assert bundle.has_decoder  # refused before anything was taken or allocated
 
 
+def test_a_melody_model_refuses_more_than_one_slot(melody_model: pathlib.Path) -> None:
+    with pytest.raises(ValueError, match="--slots 2 needs the fast backend; .* MusicGen-Melody checkpoint"):
+        build_pipeline(Settings(model=str(melody_model), device="cpu", slots=2, mbd=False))
+
+
 @pytest.mark.parametrize(
     ("flags", "says"),
     [
@@ -249,6 +255,11 @@ def test_four_slots_take_four_and_answer_the_fifth_503(slots_server: Server) -> 
     assert wave.open(io.BytesIO(base64.b64decode(audio[0]))).getnframes() == 20 * 32000
     wait_healthy(url)
     assert requests.get(f"{url}/api/info", timeout=5).json()["free_slots"] == 4
+
+
+def test_health_command_counts_free_slots(slots_server: Server, tmp_path: pathlib.Path) -> None:
+    result = run_cli("health", "--url", slots_server.url, cwd=tmp_path)
+    assert result.returncode == 0 and ", 4 of 4 slots free, " in result.stdout.decode()
 
 
 def test_on_the_server_each_request_gives_what_it_gives_alone(slots_server: Server) -> None:

@@ -385,6 +385,8 @@ def _describe_server(info: dict[str, Any]) -> str:
         parts.append(f"{info['sample_rate']} Hz")
     if "max_duration" in info:
         parts.append(f"up to {info['max_duration']} s")
+    if isinstance(info.get("slots"), int) and info["slots"] > 1:
+        parts.append(f"{info.get('free_slots', '?')} of {info['slots']} slots free")
     mbd = info.get("mbd")
     if isinstance(mbd, dict) and "state" in mbd:
         parts.append(MBD_STATES.get(str(mbd["state"]), f"MBD {mbd['state']}"))

@@ -63,6 +63,12 @@ class Settings(BaseSettings):
             raise ValueError(f"--extend-stride ({self.extend_stride}) must be shorter than --window ({self.window})")
         return self
 
+    @model_validator(mode="after")
+    def _slots_need_the_fast_backend(self) -> Self:
+        if self.slots > 1 and self.backend == "transformers":
+            raise ValueError(f"--slots {self.slots} needs the fast backend; --backend transformers runs one at a time")
+        return self
+
     @property
     def decode_window(self) -> int:
         """Seconds decoded in one window: MusicGen's window, or less when no request may be that long."""

@@ -247,9 +247,11 @@ def build_pipeline(settings: Settings) -> MusicPipeline:
     conditioner = TextConditioner(bundle, settings.max_text_tokens)
     window = settings.decode_window
     engine: CodeGenerator
-    if settings.slots > 1 and (bundle.melody or settings.backend == "transformers"):
-        why = "a MusicGen-Melody checkpoint runs" if bundle.melody else "--backend transformers runs"
-        raise ValueError(f"--slots {settings.slots} needs the fast backend; {why} one generation at a time")
+    if settings.slots > 1 and bundle.melody:
+        raise ValueError(
+            f"--slots {settings.slots} needs the fast backend; {bundle.source} is a MusicGen-Melody checkpoint, which "
+            "runs one generation at a time on transformers' generate"
+        )
     if bundle.melody:
         log.info(
             "%s is a MusicGen-Melody checkpoint: it runs on transformers' generate, not the fast engine", bundle.source
