@@ -276,6 +276,21 @@ def test_on_the_server_each_request_gives_what_it_gives_alone(slots_server: Serv
     assert beside == alone
 
 
+def test_a_request_joining_others_half_way_through_completes_correctly(slots_server: Server) -> None:
+    url = slots_server.url
+    joining = {"description": "joins late", "duration": 2, "seed": 21}
+    alone = stream_events(url, joining)[-1]["audio_data"]
+    running = [Stream(url, {"description": "already running", "duration": 20, "seed": i}) for i in range(2)]
+    deadline = time.monotonic() + 60
+    while not all(any(e.get("progress", 0) >= 50 for e in stream.events) for stream in running):
+        assert time.monotonic() < deadline, "the running pieces never reached 50 %"
+        time.sleep(0.02)
+    events = stream_events(url, joining)
+    assert all(stream.thread.is_alive() for stream in running)  # it ran beside them
+    assert events[-1]["audio_data"] == alone
+    assert all(stream.result()["status"] == "completed" for stream in running)
+
+
 def test_a_disconnect_frees_one_slot_and_the_others_go_on(slots_server: Server) -> None:
     url = slots_server.url
     mark = slots_server.mark()
