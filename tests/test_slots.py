@@ -299,6 +299,10 @@ def test_a_disconnect_frees_one_slot_and_the_others_go_on(slots_server: Server) 
     leaving = Stream(url, {"description": "leaves early", "duration": 20}, disconnect_after=4)
     leaving.thread.join(timeout=60)
     slots_server.wait_for_log(mark, "generation cancelled after", within=30)
+    deadline = time.monotonic() + 10
+    while requests.get(f"{url}/api/info", timeout=5).json()["free_slots"] != 1:  # freed once the worker has stopped
+        assert time.monotonic() < deadline, "the cancelled piece's slot was never freed"
+        time.sleep(0.02)
     assert all(stream.thread.is_alive() for stream in staying)  # the others are still generating
     events = stream_events(url, {"description": "takes the freed slot", "duration": 1})
     assert events[-1]["status"] == "completed"
