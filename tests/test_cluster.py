@@ -186,13 +186,12 @@ def test_cluster_flags_refuse_contradictions_and_dead_addresses_at_once() -> Non
     assert done.returncode == 2 and b"cannot reach the Ray cluster at 127.0.0.1:" in done.stderr
 
 
-class OneLongStep:
-    """A renderer whose one step cannot be interrupted: cancelled during it, the worker stops only after it."""
+class Held:
+    """A renderer of `slots` slots whose pieces run until the test lets them end."""
 
-    slots = 1
-
-    def __init__(self) -> None:
-        self.in_step, self.step_may_end = threading.Event(), threading.Event()
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.started, self.may_end = threading.Semaphore(0), threading.Event()
 
     def describe(self) -> dict[str, Any]:
         return {}
@@ -202,8 +201,21 @@ class OneLongStep:
 
     def render(self, params: GenerationParams, job: JobControl) -> RenderedAudio:
         job.report(0.01)
-        self.in_step.set()
-        self.step_may_end.wait(30)
+        self.started.release()
+        self.may_end.wait(30)
+        return RenderedAudio(b"", "wav", "audio/wav", 32000, 1, 1.0, 0)
+
+
+class OneLongStep(Held):
+    """A renderer whose one step cannot be interrupted: cancelled during it, the worker stops only after it."""
+
+    def __init__(self) -> None:
+        super().__init__(slots=1)
+
+    def render(self, params: GenerationParams, job: JobControl) -> RenderedAudio:
+        job.report(0.01)
+        self.started.release()
+        self.may_end.wait(30)
         job.stop_if_cancelled()  # raises GenerationCancelled once the job is cancelled
         raise AssertionError("the job was not cancelled")
 
@@ -223,39 +235,19 @@ def test_cancelled_replica_handler_returns_only_after_the_worker_stopped() -> No
                 items.append(item)
 
         handler = asyncio.create_task(consume())
-        await asyncio.to_thread(renderer.in_step.wait, 10)
+        await asyncio.to_thread(renderer.started.acquire, True, 10)
         assert isinstance(items[0], Accepted) and slot.phases == [1]
         for _ in range(3):  # the client went away, and Ray cancels again
             handler.cancel()
             await asyncio.sleep(0.1)
             assert not handler.done() and service.busy
-        renderer.step_may_end.set()
+        renderer.may_end.set()
         with pytest.raises(asyncio.CancelledError):
             await handler
         assert not service.busy and slot.phases == [2]
 
     asyncio.run(scenario())
     service.shutdown()
-
-
-class Held:
-    """A renderer of `slots` slots whose pieces run until the test lets them end."""
-
-    def __init__(self, slots: int) -> None:
-        self.slots = slots
-        self.started, self.may_end = threading.Semaphore(0), threading.Event()
-
-    def describe(self) -> dict[str, Any]:
-        return {}
-
-    def check(self, params: GenerationParams) -> None:
-        pass
-
-    def render(self, params: GenerationParams, job: JobControl) -> RenderedAudio:
-        job.report(0.01)
-        self.started.release()
-        self.may_end.wait(30)
-        return RenderedAudio(b"", "wav", "audio/wav", 32000, 1, 1.0, 0)
 
 
 def test_replica_slots_number_each_piece_and_refuse_beyond_them() -> None:

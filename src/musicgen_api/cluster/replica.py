@@ -7,6 +7,7 @@ worker thread has really stopped: a slot is never offered new work while a cance
 """
 
 import asyncio
+import heapq
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
@@ -50,7 +51,7 @@ class ReplicaSlots:
     def __init__(self, service: GenerationService, name: str) -> None:
         self.service, self.name = service, name
         self.phases = [0] * service.slots
-        self._free = list(range(service.slots))
+        self._free = list(range(service.slots))  # a heap: the lowest free slot first
         self.changed = asyncio.Event()
 
     def _next_phase(self, slot: int) -> None:
@@ -67,7 +68,7 @@ class ReplicaSlots:
         except Busy as exc:
             yield Refused(str(exc), busy=True)
             return
-        slot = self._free.pop(0)
+        slot = heapq.heappop(self._free)
         self._next_phase(slot)
         try:
             yield Accepted(self.name, job.id, slot, self.phases[slot])
@@ -79,8 +80,7 @@ class ReplicaSlots:
             raise
         finally:
             self._next_phase(slot)
-            self._free.append(slot)
-            self._free.sort()
+            heapq.heappush(self._free, slot)
 
 
 @serve.deployment  # max_ongoing_requests: the replica's --slots, set by the deployment plan

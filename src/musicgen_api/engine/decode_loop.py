@@ -14,6 +14,7 @@ between operations; a tiny model's step took 7.6 ms against 2.0 ms.)
 """
 
 import copy
+import heapq
 import logging
 import threading
 from collections import deque
@@ -75,7 +76,7 @@ class DecodeLoop(Generic[R]):
     def __init__(self, engine: SlotEngine[R], slots: int) -> None:
         self._engine, self.slots = engine, slots
         self._cond = threading.Condition()
-        self._free = list(range(slots))
+        self._free = list(range(slots))  # a heap: the lowest free slot first, its rows warm in the caches
         self._joining: list[Seat[R]] = []
         self._running: list[Seat[R]] = []
         self._leader: Seat[R] | None = None  # whose worker takes the steps now
@@ -95,7 +96,7 @@ class DecodeLoop(Generic[R]):
         cancelled window is still leaving, after one step."""
         with self._cond:
             self._cond.wait_for(lambda: bool(self._free))
-            seat.index = self._free.pop(0)
+            seat.index = heapq.heappop(self._free)
             self._joining.append(seat)
             self._cond.notify_all()
         self._drive(seat, lambda: seat.installed)
@@ -118,8 +119,7 @@ class DecodeLoop(Generic[R]):
                     self._stop(seat)
                 self._cond.notify_all()
                 self._cond.wait_for(lambda: seat.stopped)
-            self._free.append(seat.index)
-            self._free.sort()  # the lowest slots first: their rows stay warm in the caches
+            heapq.heappush(self._free, seat.index)
             self._cond.notify_all()
 
     def _drive(self, seat: Seat[R], ready: Callable[[], bool]) -> None:
@@ -185,8 +185,7 @@ class DecodeLoop(Generic[R]):
         except Exception as exc:  # this window only (an odd prompt, out of memory): the others keep going
             with self._cond:
                 seat.error, seat.stopped = exc, True
-                self._free.append(seat.index)
-                self._free.sort()
+                heapq.heappush(self._free, seat.index)
                 if self._leader is seat:
                     self._leader = None
                 self._cond.notify_all()
@@ -211,8 +210,8 @@ class DecodeLoop(Generic[R]):
                     log.debug("could not park slot %d after the failure", seat.index, exc_info=True)
             for seat in self._running + self._joining:
                 seat.error, seat.stopped = _own_copy(exc), True
-            self._free.extend(seat.index for seat in self._joining)
-            self._free.sort()
+            for seat in self._joining:
+                heapq.heappush(self._free, seat.index)
             self._running, self._joining = [], []
             self._in_flight.clear()
             self._issued, self._since_mark = [], 0

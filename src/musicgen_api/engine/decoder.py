@@ -71,10 +71,11 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype), persistent=False)
 
-    def reset(self) -> None:
-        """Zero every position: stale values at masked positions get weight 0, but 0 × NaN would still be NaN."""
-        self.k.zero_()
-        self.v.zero_()
+    def reset(self, rows: slice) -> None:
+        """Zero every position of these rows: stale values at masked positions get weight 0, but 0 × NaN would
+        still be NaN."""
+        self.k[rows].zero_()
+        self.v[rows].zero_()
 
     def update(self, rows: slice, pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write k, v [B, H, T, D] of cache rows `rows` at their positions pos [B, T]; returns those rows' cache."""

@@ -287,8 +287,7 @@ class FastEngine:
         self.cross_mask[rows, 0, 0, : w.text_mask.shape[0]] = w.text_mask
         for layer in self.decoder.layers:
             assert layer.cache is not None
-            layer.cache.k[rows].zero_()  # stale values are masked, but 0 × NaN would still be NaN
-            layer.cache.v[rows].zero_()
+            layer.cache.reset(rows)
         self.valid[n] = valid_positions(w.frames, self.length, self.num_codebooks, self.channels)
         self.sequence[n] = self.start_id
         self.forced[n] = False
