@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 import requests
+import torch
 
+from musicgen_api.engine.loading import dtype_name, resolve_decoder_dtype
 from tests.conftest import Server, ServerFactory
 
 SPEC_DESCRIPTION = "电子音乐，带有强烈的鼓点"
@@ -291,6 +293,9 @@ def test_info_describes_model_and_limits(mono_server: Server, stereo_server: Ser
     assert (info["max_duration"], info["max_description_chars"], info["mbd_available"]) == (120, 2000, True)
     assert info["fields"]["duration"]["maximum"] == 120 and info["fields"]["top_k"]["default"] == 250
     assert set(info["fields"]) >= {"description", "duration", "mbd", "seed", "format", "audio_prompt"}
+    weights = dtype_name(resolve_decoder_dtype("auto", torch.device("cpu")))  # float16 on x86 CPUs
+    assert (info["dtype"], info["decoder_dtype"], info["decoder_weights"]) == (
+        "float32", "bfloat16" if weights == "bfloat16" else "float32", weights)  # fmt: skip
     assert requests.get(f"{stereo_server.url}/api/info", timeout=5).json()["channels"] == 2
 
 

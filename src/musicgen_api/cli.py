@@ -51,13 +51,13 @@ def _server_flags(serve: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--dtype",
         choices=get_args(DType),
-        help="weights precision (default auto: float16 on CUDA; float32 on CPU, with a bfloat16 fast decoder where "
-        "bfloat16 beats float32 on the CPU (AVX2, AVX-512, AMX); float32 keeps it all float32)",
+        help="weights precision (default auto: float16 on CUDA; float32 on CPU, the fast decoder's weights float16 "
+        "on x86 CPUs (bfloat16 with AVX-512 BF16 or AMX); float32 keeps it all float32)",
     )
     serve.add_argument(
         "--quantize",
         choices=get_args(Quantize),
-        help="int8: store the fast decoder's weights as int8 (fastest on CPU, slightly less exact; default none)",
+        help="int8: store the fast decoder's weights as int8 (fastest on CPU, less exact; default none)",
     )
     serve.add_argument(
         "--backend", choices=get_args(Backend), help="decode loop: fast (default) or transformers' generate (reference)"

@@ -27,8 +27,8 @@ class Settings(BaseSettings):
     port: int = Field(5000, ge=1, le=65535)  # the spec's clients talk to port 5000
     model: str = "facebook/musicgen-small"  # hub id or local folder, loaded with from_pretrained
     device: Device = "auto"  # auto: CUDA when available, else CPU
-    dtype: DType = "auto"  # auto: float16 on CUDA; float32 on CPU, the decoder bfloat16 on x86 CPUs with AVX2 or better
-    quantize: Quantize = "none"  # int8: the fast decoder's weights as int8 (weight-only), fastest on CPU, less exact
+    dtype: DType = "auto"  # auto: float16 on CUDA; float32 on CPU, the fast decoder's weights float16 on x86 CPUs
+    quantize: Quantize = "none"  # int8: the fast decoder's weights as int8, fastest on CPU, less exact
     backend: Backend = "fast"  # fast: our decode loop; transformers: its generate(), kept as the reference
     slots: int = Field(1, ge=1)  # generations decoding together in one batched step (fast backend)
     compile: bool = True  # CUDA only: fuse the decode step with torch.compile before capturing it (slower start-up)

@@ -73,6 +73,7 @@ class MusicPipeline:
             "mbd": self.mbd_supply.describe() if self.mbd_supply else {"state": "off"},
             "dtype": dtype_name(self.bundle.dtype),
             "decoder_dtype": dtype_name(self.engine.dtype),
+            "decoder_weights": self.engine.weights,
             "quantize": self.engine.quantize,
         }
 

@@ -41,6 +41,7 @@ from musicgen_api.engine.loading import (
     resolve_device,
     resolve_dtype,
 )
+from musicgen_api.engine.quantize import PackedLinear
 from musicgen_api.generation import AudioChunk, GenerationParams, Unwatched
 from musicgen_api.pipeline import MusicPipeline
 
@@ -137,8 +138,10 @@ def fast_runs(
     codec_s, _ = timed(device, lambda: pipeline.codec.decode(codes))
     model = bundle.model
     cache = sum(tensor_bytes((layer.cache.k, layer.cache.v)) for layer in engine.decoder.layers if layer.cache)
-    # The decoder's buffers hold int8 weights (--quantize int8) and the KV caches, which count under kv.
+    # The decoder's buffers hold int8 weights (--quantize int8) and the KV caches, which count under kv; fbgemm's
+    # packed matrices (CPU) are not tensors and say their size.
     weights = tensor_bytes(engine.decoder.parameters()) + tensor_bytes(engine.decoder.buffers()) - cache
+    weights += sum(m.weight_bytes for m in engine.decoder.modules() if isinstance(m, PackedLinear))
     weights += tensor_bytes(model.text_encoder.parameters()) + tensor_bytes(model.audio_encoder.parameters())
     kv = cache + tensor_bytes(t for pair in engine.cross for t in pair)
     profile = profile_step(engine) if profile_steps and device.type == "cuda" else None
@@ -146,6 +149,7 @@ def fast_runs(
     return {
         "profile": profile,
         "decoder_dtype": dtype_name(engine.dtype),
+        "decoder_weights": engine.weights,
         "attention_dtype": dtype_name(engine.attention_dtype),
         "quantize": quantize,
         "graphs": len(engine.graphs),
@@ -238,17 +242,16 @@ def bench_model(name: str, args: argparse.Namespace, out: Any) -> None:
 
 
 def bench_fidelity(name: str, args: argparse.Namespace, out: Any) -> None:
-    """bfloat16 and int8 decoders against float32 on one model's random weights (see `bench.fidelity`)."""
+    """float16, bfloat16 and int8 decoders against float32 on one model's random weights (see `bench.fidelity`)."""
     device = resolve_device(args.device)
     seconds = min(args.duration, 10)
     params = GenerationParams(PROMPT, seconds, seed=0)
     variants: list[tuple[str, torch.dtype, Quantize]] = [
         ("float32", torch.float32, "none"),
+        ("float16", torch.float16, "none"),  # on a CPU: fbgemm's packed float16 weights, float32 activations
         ("bfloat16", torch.bfloat16, "none"),
-        ("int8", torch.bfloat16 if device.type == "cpu" else torch.float16, "int8"),
+        ("int8", resolve_decoder_dtype("auto", device), "int8"),
     ]
-    if device.type == "cuda":
-        variants.insert(1, ("float16", torch.float16, "none"))
     reference: Tensor | None = None
     sequence: Tensor | None = None
     for variant, decoder_dtype, quantize in variants:
@@ -263,6 +266,7 @@ def bench_fidelity(name: str, args: argparse.Namespace, out: Any) -> None:
                 sequence = fidelity.reference_sequence(engine, params)
             log_probs = fidelity.next_token_log_probs(engine, params, sequence)
             record["decoder_dtype"] = dtype_name(engine.dtype)
+            record["decoder_weights"] = engine.weights
             record["attention_dtype"] = dtype_name(engine.attention_dtype)
             if reference is None:
                 reference = log_probs
@@ -455,7 +459,7 @@ def main() -> None:
     parser.add_argument("--stream", action="store_true",
                         help="instead, time stream_audio: first audio, its cost, chunks against file")  # fmt: skip
     parser.add_argument("--fidelity", action="store_true",
-                        help="instead of timing, compare the bfloat16 and int8 decoders with float32")  # fmt: skip
+                        help="instead of timing, compare float16, bfloat16 and int8 decoders with float32")  # fmt: skip
     parser.add_argument("--slots", type=int, nargs="*",
                         help="instead, time this many simultaneous requests per engine (e.g. 1 2 4 8 16)")  # fmt: skip
     parser.add_argument("--out", type=argparse.FileType("a"), help="also append the JSON lines to this file")

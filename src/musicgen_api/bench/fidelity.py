@@ -1,10 +1,11 @@
-"""What a cheaper decoder precision costs: the fast decoder in bfloat16 or weight-only int8 against float32, on the
-same weights and the same token sequence.
+"""What a cheaper decoder precision costs: the fast decoder with float16, bfloat16 or int8 weights against float32,
+on the same weights and the same token sequence.
 
 Free-running outputs diverge after the first differing sample, so they cannot be compared token by token. Instead
-every variant is teacher-forced over one sequence the float32 decoder made, and at each position the next-token
-distributions it would sample from (CFG-mixed, before top-k) are compared: how often the most likely token agrees,
-and the mean KL divergence from float32's. The EnCodec part is a fixed code sequence decoded in float32 and bfloat16.
+every variant is teacher-forced, step by step, over one sequence the float32 decoder made, and at each position the
+next-token distributions it would sample from (CFG-mixed, before top-k) are compared: how often the most likely
+token agrees, and the mean KL divergence from float32's. The EnCodec part is a fixed code sequence decoded in
+float32 and bfloat16.
 """
 
 import copy
@@ -39,8 +40,12 @@ def next_token_log_probs(engine: FastEngine, params: GenerationParams, sequence:
     tokens = sequence[None, :, :length].expand(2, -1, -1).to(engine.sequence.device)
     text = window.text_len
     cross = [(k[:2, :, :text], v[:2, :, :text]) for k, v in engine.cross]
-    positions = torch.arange(length, device=tokens.device).expand(2, -1)
-    logits = engine.decoder(tokens, positions, length, cross, engine.cross_mask[:2, ..., :text], rows=slice(0, 2))
+    mask = engine.cross_mask[:2, ..., :text]
+    steps = []  # one position at a time, as decoding runs: int8 on a CPU quantizes each call's rows together
+    for t in range(length):
+        position = torch.full((2, 1), t, device=tokens.device)
+        steps.append(engine.decoder(tokens[..., t : t + 1], position, t + 1, cross, mask, rows=slice(0, 2)))
+    logits = torch.cat(steps, dim=2)
     cond, uncond = logits[0].float(), logits[1].float()  # [K, L - 1, V]
     mixed = uncond + (cond - uncond) * params.cfg_coef
     return torch.log_softmax(mixed / params.temperature, dim=-1)

@@ -19,6 +19,7 @@ class CodeGenerator(Protocol):
     channels: int
     dtype: torch.dtype  # the precision its decoder runs in
     quantize: Quantize  # "none", or how its decoder's weights are stored ("int8")
+    weights: str  # how its decoder's weight matrices are stored: a dtype's name ("float16") or "int8"
     slots: int  # generations it decodes at once
 
     def generate(

@@ -34,8 +34,8 @@ from musicgen_api.engine.delay import (
     undelay,
     valid_positions,
 )
-from musicgen_api.engine.loading import MusicgenBundle, free_memory_bytes, resolve_attention_dtype
-from musicgen_api.engine.quantize import quantize_int8
+from musicgen_api.engine.loading import MusicgenBundle, dtype_name, free_memory_bytes, resolve_attention_dtype
+from musicgen_api.engine.quantize import fbgemm_available, pack_for_cpu, quantize_int8
 from musicgen_api.engine.sampling import sample_next
 from musicgen_api.generation import FRAME_RATE, GenerationParams, Progress, to_frames
 
@@ -119,17 +119,23 @@ class FastEngine:
                 f"a {window_seconds} s window needs {self.length} decoder positions but this model has "
                 f"{config.max_position_embeddings}; use --window {longest} or less"
             )
-        device, dtype, dim = bundle.device, bundle.decoder_dtype or bundle.dtype, config.hidden_size
-        self.dtype, self.quantize, self.slots = dtype, quantize, slots
-        self.attention_dtype = resolve_attention_dtype(dtype, device)
+        device, weights, dim = bundle.device, bundle.decoder_dtype or bundle.dtype, config.hidden_size
+        # On x86 CPUs float16 and int8 weights are fbgemm's packed matrices, multiplied with float32 activations.
+        packing = device.type == "cpu" and fbgemm_available() and (quantize == "int8" or weights == torch.float16)
+        self.dtype = torch.float32 if packing else weights  # the decoder's activations and other parameters
+        self.weights = "int8" if quantize == "int8" else dtype_name(weights)  # its matrices, as stored
+        self.quantize, self.slots = quantize, slots
+        self.attention_dtype = resolve_attention_dtype(self.dtype, device)
         n_head, head_dim, text_len = (
             config.num_attention_heads,
             dim // config.num_attention_heads,
             conditioner.max_tokens,
         )
         self._check_memory(config.num_hidden_layers * 2 * 2 * n_head * (self.length + text_len) * head_dim)
-        self.decoder = MusicgenDecoder.from_transformers(bundle.take_decoder(), config).to(dtype)
-        if quantize == "int8":
+        self.decoder = MusicgenDecoder.from_transformers(bundle.take_decoder(), config).to(self.dtype)
+        if packing:
+            pack_for_cpu(self.decoder, "int8" if quantize == "int8" else "float16")
+        elif quantize == "int8":
             quantize_int8(self.decoder)
         rows = 2 * slots  # slot n: row 2n conditional, row 2n + 1 unconditional (CFG)
         self.decoder.setup_cache(rows, self.length, self.attention_dtype)

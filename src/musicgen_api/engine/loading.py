@@ -24,6 +24,7 @@ from transformers import (
 from musicgen_api.audio.chroma import ChromaExtractor, ChromaSettings
 from musicgen_api.config import Device, DType
 from musicgen_api.engine.melody_model import MelodyModel
+from musicgen_api.engine.quantize import fbgemm_available
 
 log = logging.getLogger(__name__)
 
@@ -97,20 +98,17 @@ def resolve_device(device: Device) -> torch.device:
     return torch.device(device)
 
 
-def cpu_runs_bfloat16_faster() -> bool:
-    """Whether the CPU's bfloat16 matrix products beat float32 for a decode step: natively (AVX-512 BF16, AMX) or
-    through oneDNN's AVX2/AVX-512 conversions, which still halve the bytes a step reads (measured on a 2-core AVX2
-    EPYC: musicgen-small's decoder step about 110 ms against 220 ms in float32)."""
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return native or torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-
-
 def resolve_decoder_dtype(dtype: DType, device: torch.device) -> torch.dtype:
-    """The fast engine's decoder precision. A CPU decode step is bound by reading the weights, so on a CPU whose
-    bfloat16 products are faster `auto` picks bfloat16 for the decoder (the text encoder and EnCodec, run once per
-    request, stay float32); otherwise the same as the rest of the model."""
-    if dtype == "auto" and device.type == "cpu" and cpu_runs_bfloat16_faster():
-        return torch.bfloat16
+    """The fast engine's decoder weights. A CPU decode step is bound by streaming the weights, so `auto` on a CPU
+    halves their bytes: bfloat16 where the CPU multiplies it natively (AVX-512 BF16, AMX), else float16 where
+    PyTorch has fbgemm (x86), whose packed float16 product with float32 activations streams about twice as fast as
+    oneDNN's bfloat16 one on AVX2 (the engine packs them, `quantize.PackedLinear`). The text encoder and EnCodec,
+    run once per request, stay float32; elsewhere the decoder has the rest of the model's dtype."""
+    if dtype == "auto" and device.type == "cpu":
+        if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+            return torch.bfloat16
+        if fbgemm_available():
+            return torch.float16
     return resolve_dtype(dtype, device)
 
 
@@ -139,7 +137,10 @@ def resolve_dtype(dtype: DType, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     if device.type == "cpu" and dtype == "float16":
-        raise ModelLoadError("--dtype float16 is not supported on CPU; use float32 (the default there) or bfloat16")
+        raise ModelLoadError(
+            "--dtype float16 is not supported on CPU; use auto (the default: float32, with the fast decoder's "
+            "weights in float16 or bfloat16 where that is faster), float32 or bfloat16"
+        )
     return getattr(torch, dtype)
 
 
@@ -176,7 +177,7 @@ def load_musicgen(source: str, device: Device = "auto", dtype: DType = "auto") -
         " (MusicGen-Melody)" if melody else "",
         torch_device,
         dtype_name(torch_dtype),
-        "" if decoder_dtype == torch_dtype else f"; fast decoder {dtype_name(decoder_dtype)}",
+        "" if decoder_dtype == torch_dtype else f"; fast decoder weights {dtype_name(decoder_dtype)}",
         time.perf_counter() - started,
         bundle.num_codebooks,
         bundle.audio_channels,

@@ -1,15 +1,40 @@
-"""Weight-only int8 for the decoder: each matrix stored as int8 with one scale per output row.
+"""How the fast decoder stores its weight matrices when not in its own dtype: int8, or packed for x86 CPUs.
 
-A one-token decode step reads every weight once and does little arithmetic with it, so halving the bytes again after
-bfloat16 is what makes it faster. Quantizing uses PyTorch's own per-channel observer and quantizer, and a step uses
-PyTorch's weight-only int8 matrix product (`_weight_int8pack_mm`), which takes bfloat16, float16 or float32
-activations; no quantization maths is written here.
+A one-token decode step reads every weight once and does little arithmetic with it, so the bytes a matrix takes and
+how fast the kernel streams them decide the step. No quantization maths is written here: scales come from PyTorch's
+per-channel observer, and the products are PyTorch's own kernels.
+
+- `Int8Linear` (`--quantize int8` on CUDA, and on CPUs without fbgemm): int8 weights, activations in the decoder's
+  dtype (`_weight_int8pack_mm`).
+- `PackedLinear` (x86 CPUs, where PyTorch ships fbgemm): fbgemm's packed matrices with float32 activations. Float16
+  weights (the default there) stream at ~19 GB/s on a 2-core AVX2 EPYC against ~8 GB/s for oneDNN's bfloat16
+  product; int8 weights with activations quantized to 8 bits per call (dynamic quantization, `--quantize int8`) at
+  ~18 GB/s, where the weight-only int8 kernel reaches ~6 GB/s.
 """
+
+import warnings
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.ao.quantization.fx._decomposed  # noqa: F401 (registers torch.ops.quantized_decomposed)
 from torch import Tensor, nn
 from torch.ao.quantization.observer import PerChannelMinMaxObserver
+
+Packing = Literal["float16", "int8"]
+
+
+def per_row_int8(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric int8 scales and zero points [N] for weight [N, K], one per output row (PyTorch's observer)."""
+    observer = PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+    observer(weight)
+    scales, zero_points = observer.calculate_qparams()
+    return scales.to(weight.device), zero_points.to(weight.device)
+
+
+def fbgemm_available() -> bool:
+    """Whether this PyTorch build has fbgemm's CPU kernels (x86 builds do; ARM builds do not)."""
+    return "fbgemm" in torch.backends.quantized.supported_engines
 
 
 class Int8Linear(nn.Module):
@@ -20,9 +45,7 @@ class Int8Linear(nn.Module):
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
         weight = linear.weight.detach().float()
-        observer = PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
-        observer(weight)
-        scales, zero_points = (t.to(weight.device) for t in observer.calculate_qparams())
+        scales, zero_points = per_row_int8(weight)
         quantized = torch.ops.quantized_decomposed.quantize_per_channel(
             weight, scales, zero_points, 0, -128, 127, torch.int8
         )
@@ -38,9 +61,47 @@ class Int8Linear(nn.Module):
         return out.view(*x.shape[:-1], -1).to(x.dtype)
 
 
-def quantize_int8(model: nn.Module) -> None:
-    """Replace every bias-free `nn.Linear` of `model` by its `Int8Linear`, in place."""
+class PackedLinear(nn.Module):
+    """`nn.Linear` without bias on a CPU, its weight packed by fbgemm as float16 or int8 (scales per output row);
+    takes and returns float32. With int8, each call quantizes its input to 8 bits with one scale for all its rows,
+    so a row's result depends a little on the other rows of the batch; with float16 it does not."""
+
+    def __init__(self, linear: nn.Linear, packing: Packing) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()
+        self.packing = packing
+        self.weight_bytes = weight.numel() * (2 if packing == "float16" else 1)
+        if packing == "float16":
+            self.packed = torch.ops.quantized.linear_prepack_fp16(weight, None)
+            return
+        scales, zero_points = per_row_int8(weight)
+        with warnings.catch_warnings():  # fbgemm's int8 packing takes only PyTorch's (deprecated) quantized tensors
+            warnings.filterwarnings("ignore", message="torch.quantize_per_tensor, torch.quantize_per_channel")
+            quantized = torch.quantize_per_channel(weight, scales.double(), zero_points, 0, torch.qint8)
+        self.packed = torch.ops.quantized.linear_prepack(quantized, None)
+        self.weight_bytes += scales.numel() * 4
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.reshape(-1, x.shape[-1]).float()
+        if self.packing == "float16":
+            out = torch.ops.quantized.linear_dynamic_fp16(rows, self.packed)
+        else:
+            out = torch.ops.quantized.linear_dynamic(rows, self.packed, True)  # 7-bit range: no int16 saturation
+        return out.view(*x.shape[:-1], -1)
+
+
+def _replace_linears(model: nn.Module, make: Callable[[nn.Linear], nn.Module]) -> None:
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if isinstance(child, nn.Linear) and child.bias is None:
-                setattr(parent, name, Int8Linear(child))
+                setattr(parent, name, make(child))
+
+
+def quantize_int8(model: nn.Module) -> None:
+    """Replace every bias-free `nn.Linear` of `model` by its `Int8Linear`, in place."""
+    _replace_linears(model, Int8Linear)
+
+
+def pack_for_cpu(model: nn.Module, packing: Packing) -> None:
+    """Replace every bias-free `nn.Linear` of `model` (float32, on a CPU) by its `PackedLinear`, in place."""
+    _replace_linears(model, lambda linear: PackedLinear(linear, packing))

@@ -15,7 +15,7 @@ from musicgen_api.config import Quantize
 from musicgen_api.engine.backend import BackendName
 from musicgen_api.engine.conditioning import TextConditioner
 from musicgen_api.engine.delay import complete_frames, sequence_length, undelay
-from musicgen_api.engine.loading import MusicgenBundle
+from musicgen_api.engine.loading import MusicgenBundle, dtype_name
 from musicgen_api.generation import GenerationParams, Progress
 
 
@@ -48,6 +48,7 @@ class TransformersEngine:
         self.bundle, self.conditioner = bundle, conditioner
         self.num_codebooks, self.channels = bundle.num_codebooks, bundle.audio_channels
         self.dtype = bundle.dtype  # transformers runs the whole model in the loaded precision
+        self.weights = dtype_name(bundle.dtype)
 
     @torch.no_grad()
     def generate(
