@@ -141,6 +141,16 @@ def test_transformers_backend_serves_too(server_factory: ServerFactory, mono_mod
         assert w.getnframes() == 2 * 32000
 
 
+def test_int8_server_serves_and_says_so(server_factory: ServerFactory, mono_model: Any) -> None:
+    """`--quantize int8`: fbgemm's dynamic int8 on an x86 CPU, named in /api/info; a full request through it."""
+    server = server_factory(mono_model, "--quantize", "int8", "--max-duration", "5", "--no-mbd")
+    info = requests.get(f"{server.url}/api/info", timeout=5).json()
+    assert (info["quantize"], info["decoder_weights"]) == ("int8", "int8")
+    events = stream_events(server.url, {"description": "quantized", "duration": 3, "seed": 1})
+    with decode_wav(events[-1]["audio_data"]) as w:
+        assert w.getnframes() == 3 * 32000 and len(set(w.readframes(3 * 32000))) > 16  # not silence
+
+
 INVALID_BODIES: list[tuple[Any, str, str | None]] = [  # body, a word the message has, the field it names
     ({}, "description", "description"),
     ({"description": ""}, "description", "description"),
