@@ -135,6 +135,7 @@ class FastEngine:
         self.decoder = MusicgenDecoder.from_transformers(bundle.take_decoder(), config).to(self.dtype)
         if packing:
             pack_for_cpu(self.decoder, "int8" if quantize == "int8" else "float16")
+            log.info("fast decoder: %s weights packed for fbgemm, float32 activations", self.weights)
         elif quantize == "int8":
             quantize_int8(self.decoder)
         rows = 2 * slots  # slot n: row 2n conditional, row 2n + 1 unconditional (CFG)
