@@ -8,7 +8,7 @@ per-channel observer, and the products are PyTorch's own kernels.
   dtype (`_weight_int8pack_mm`).
 - `PackedLinear` (x86 CPUs, where PyTorch ships fbgemm): fbgemm's packed matrices with float32 activations. Float16
   weights (the default there) stream at ~19 GB/s on a 2-core AVX2 EPYC against ~8 GB/s for oneDNN's bfloat16
-  product; int8 weights with activations quantized to 8 bits per call (dynamic quantization, `--quantize int8`) at
+  product; int8 weights with activations quantized to 7 bits per call (dynamic quantization, `--quantize int8`) at
   ~18 GB/s, where the weight-only int8 kernel reaches ~6 GB/s.
 """
 
@@ -63,7 +63,7 @@ class Int8Linear(nn.Module):
 
 class PackedLinear(nn.Module):
     """`nn.Linear` without bias on a CPU, its weight packed by fbgemm as float16 or int8 (scales per output row);
-    takes and returns float32. With int8, each call quantizes its input to 8 bits with one scale for all its rows,
+    takes and returns float32. With int8, each call quantizes its input to 7 bits with one scale for all its rows,
     so a row's result depends a little on the other rows of the batch; with float16 it does not."""
 
     def __init__(self, linear: nn.Linear, packing: Packing) -> None:
