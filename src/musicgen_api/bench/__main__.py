@@ -168,12 +168,13 @@ def fast_runs(
     }
 
 
-# name: (compile the step, quantize, dtype override); CUDA: graph, compiled; CPU: eager, float32, int8
+# name: (compile the step, quantize, dtype override); CUDA: graph, compiled; CPU: eager, float32, bfloat16, int8
 VARIANTS: dict[str, tuple[bool, Quantize, DType | None]] = {
     "graph": (False, "none", None),
     "compiled": (True, "none", None),
     "eager": (False, "none", None),
     "float32": (False, "none", "float32"),
+    "bfloat16": (False, "none", "bfloat16"),
     "int8": (False, "int8", None),
 }
 
