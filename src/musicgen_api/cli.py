@@ -52,7 +52,7 @@ def _server_flags(serve: argparse.ArgumentParser) -> None:
         "--dtype",
         choices=get_args(DType),
         help="weights precision (default auto: float16 on CUDA; float32 on CPU, the fast decoder's weights float16 "
-        "on x86 CPUs, bfloat16 on other CPUs that have it natively; float32 keeps it all float32)",
+        "where PyTorch has fbgemm (x86), else bfloat16 on CPUs with native bfloat16; float32 keeps it all float32)",
     )
     serve.add_argument(
         "--quantize",

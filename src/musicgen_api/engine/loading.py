@@ -103,9 +103,9 @@ def resolve_decoder_dtype(dtype: DType, device: torch.device) -> torch.dtype:
     halves their bytes: float16 where PyTorch has fbgemm (x86), whose packed float16 product with float32
     activations (`quantize.PackedLinear`) is both the fastest and the most exact half-size product there, ahead of
     oneDNN's bfloat16 even where the CPU multiplies bfloat16 natively (4096 × 1024 by two rows: 0.27 against 0.47
-    ms on a 2-core AVX-512 BF16 EPYC, 0.44 against 1.0 ms on AVX2); else bfloat16 where the CPU has it natively
-    (AVX-512 BF16, AMX); else float32. The text encoder and EnCodec, run once per request, stay float32; elsewhere
-    the decoder has the rest of the model's dtype."""
+    ms on a 2-core AVX-512 BF16 EPYC, 0.44 against 1.0 ms on AVX2); on a build without fbgemm, bfloat16 where the
+    CPU multiplies it natively (AVX-512 BF16, AMX); else float32. The text encoder and EnCodec, run once per
+    request, stay float32; elsewhere the decoder has the rest of the model's dtype."""
     if dtype == "auto" and device.type == "cpu":
         if fbgemm_available():
             return torch.float16

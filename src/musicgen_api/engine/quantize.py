@@ -72,11 +72,11 @@ class PackedLinear(nn.Module):
         super().__init__()
         weight = linear.weight.detach().float()
         self.packing = packing
-        self.reduce_range = not torch.cpu._is_vnni_supported()  # 7-bit activations: no 16-bit saturation
         self.weight_bytes = weight.numel() * (2 if packing == "float16" else 1)
         if packing == "float16":
             self.packed = torch.ops.quantized.linear_prepack_fp16(weight, None)
             return
+        self.reduce_range = not torch.cpu._is_vnni_supported()  # 7-bit activations: no 16-bit saturation
         scales, zero_points = per_row_int8(weight)
         with warnings.catch_warnings():  # fbgemm's int8 packing takes only PyTorch's (deprecated) quantized tensors
             warnings.filterwarnings("ignore", message="torch.quantize_per_tensor, torch.quantize_per_channel")
